@@ -1,0 +1,195 @@
+//! Types and constants shared by the BPF programs (`agent-guard-ebpf`) and user space.
+//!
+//! Everything that crosses the kernel/user boundary is defined here once, as `#[repr(C)]`
+//! plain data with explicit padding and a compile-time size check, so the two sides cannot
+//! drift apart. Enumerations travel as `u32` constants; user space converts them with
+//! `TryFrom<u32>` and treats an unknown value as an error, never as a default.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Longest path the kernel side renders into an event, including the terminating NUL.
+pub const PATH_BUF_LEN: usize = 4096;
+/// Longest single path component read from a dentry (NAME_MAX plus the NUL).
+pub const NAME_BUF_LEN: usize = 256;
+/// Deepest ancestry the kernel side walks when deciding whether a target lies in a scope.
+/// Anything deeper is denied with [`RULE_PATH_TOO_DEEP`]: fail closed.
+pub const MAX_PATH_DEPTH: u32 = 64;
+/// Live tasks the session table can hold across all sessions. A fork that would overflow it
+/// is refused with [`RULE_SESSION_TABLE_FULL`].
+pub const MAX_SESSION_TASKS: u32 = 65_536;
+/// Sessions one loaded program set can serve at once.
+pub const MAX_SESSIONS: u32 = 256;
+/// Writable-scope entries across all sessions.
+pub const MAX_SCOPE_ENTRIES: u32 = 4096;
+/// Processes waiting to be enrolled into a session at their next exec.
+pub const MAX_PENDING_ENROLMENTS: u32 = 256;
+/// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
+pub const EVENT_RING_BYTES: u32 = 8 << 20;
+
+/// Number of path slots in an [`Event`].
+pub const EVENT_PATHS: usize = 3;
+/// Slot of the primary target (the victim of unlink, the source of rename or link).
+pub const PATH_TARGET: usize = 0;
+/// Slot of the second target (rename destination, new link name).
+pub const PATH_TARGET2: usize = 1;
+/// Slot of the executable of the acting process.
+pub const PATH_EXE: usize = 2;
+
+// Operations (Event::op).
+pub const OP_UNLINK: u32 = 1;
+pub const OP_RMDIR: u32 = 2;
+pub const OP_RENAME: u32 = 3;
+pub const OP_TRUNCATE: u32 = 4;
+pub const OP_OPEN_WRITE: u32 = 5;
+pub const OP_LINK: u32 = 6;
+pub const OP_FORK: u32 = 7;
+pub const OP_EXEC: u32 = 8;
+pub const OP_MOUNT: u32 = 9;
+
+// Decisions (Event::decision).
+/// The operation was refused with `Event::errno`.
+pub const DECISION_DENY: u32 = 1;
+/// Audit mode: the operation was allowed but enforce mode would have refused it.
+pub const DECISION_AUDIT: u32 = 2;
+
+// Deciding rules (Event::rule).
+/// The target lies outside every writable scope of the session.
+pub const RULE_OUTSIDE_SCOPE: u32 = 1;
+/// The target's ancestry is deeper than [`MAX_PATH_DEPTH`]; its location is unknown.
+pub const RULE_PATH_TOO_DEEP: u32 = 2;
+/// The target's location could not be read from the kernel's objects.
+pub const RULE_UNRESOLVED: u32 = 3;
+/// The target is a regular file with more than one name: another name may lie outside
+/// the scope, so writing it through this one is refused.
+pub const RULE_MULTI_LINK: u32 = 4;
+/// The session's task table is full; the fork is refused rather than leaving a child
+/// unguarded.
+pub const RULE_SESSION_TABLE_FULL: u32 = 5;
+/// The target is the root of a writable scope: the scope itself cannot be removed or moved.
+pub const RULE_SCOPE_ROOT: u32 = 6;
+/// Sessions mount nothing: a mount could show a filesystem from outside the scopes inside
+/// one.
+pub const RULE_MOUNT: u32 = 7;
+
+// Event kinds (Event::kind).
+/// A decision taken by an LSM hook.
+pub const EVENT_DECISION: u32 = 1;
+
+// Session modes (SessionConfig::mode).
+pub const MODE_ENFORCE: u32 = 1;
+pub const MODE_AUDIT: u32 = 2;
+
+// Event flags.
+/// A path slot was cut short at [`PATH_BUF_LEN`] or [`MAX_PATH_DEPTH`]; the bit is
+/// `1 << slot`.
+pub const FLAG_PATH_TRUNCATED: u32 = 1;
+
+/// Named errno values returned by the hooks (as negative values).
+pub const EPERM: i32 = 1;
+pub const ENOMEM: i32 = 12;
+
+/// Fixed part of an event. Paths follow in [`Event::paths`].
+///
+/// A path slot holds the components of the path leaf first, each NUL-terminated, exactly
+/// as the kernel side met them walking towards the root; `path_len[i]` bytes are used.
+/// User space reverses them. An empty slot (`path_len == 0`) is absent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub op: u32,
+    pub session: u32,
+    pub decision: u32,
+    pub rule: u32,
+    /// Positive errno the operation failed with (0 in audit mode).
+    pub errno: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub flags: u32,
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
+    pub ktime_ns: u64,
+    pub comm: [u8; 16],
+    pub path_len: [u16; EVENT_PATHS],
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<EventHeader>() == 80);
+
+/// One decision as it travels through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    pub header: EventHeader,
+    pub paths: [[u8; PATH_BUF_LEN]; EVENT_PATHS],
+}
+const _: () = assert!(size_of::<Event>() == 80 + 3 * 4096);
+
+/// Key of the writable-scope table: a directory (or file) of one session, identified by the
+/// kernel's own identity of the inode, never by its name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ScopeKey {
+    pub session: u32,
+    /// `super_block::s_dev` in the kernel's internal encoding (major << 20 | minor).
+    pub dev: u32,
+    pub ino: u64,
+}
+const _: () = assert!(size_of::<ScopeKey>() == 16);
+
+/// Per-session settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub mode: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SessionConfig>() == 8);
+
+/// Byte offsets of the kernel structure fields the programs read. User space fills this
+/// from the running kernel's BTF before load, so one object works on every kernel whose
+/// layout differs (6.1 and 6.12 do).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub dentry_d_inode: u32,
+    pub dentry_d_sb: u32,
+    pub qstr_name: u32,
+    pub inode_i_mode: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_nlink: u32,
+    pub inode_i_rdev: u32,
+    pub super_block_s_dev: u32,
+    pub file_f_path: u32,
+    pub file_f_mode: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub vfsmount_mnt_root: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 22 * 4);
+
+/// Statistics slots in the per-CPU `STATS` array.
+pub const STAT_LOST_EVENTS: u32 = 0;
+pub const STAT_DENIED: u32 = 1;
+pub const STAT_AUDITED: u32 = 2;
+pub const STAT_SLOTS: u32 = 3;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is `repr(C)`, `Copy`, made only of integers and integer
+    // arrays, and has no implicit padding (checked by the size assertions above).
+    unsafe impl aya::Pod for super::ScopeKey {}
+    unsafe impl aya::Pod for super::SessionConfig {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,121 @@
+//! Reading the kernel's structures.
+//!
+//! Field offsets are not compiled in: user space reads them from the running kernel's BTF and
+//! sets `AG_OFFSETS` before load, so one object serves kernels whose layouts differ.
+use agent_guard_common::KernelOffsets;
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+
+#[unsafe(no_mangle)]
+pub(crate) static AG_OFFSETS: KernelOffsets = KernelOffsets {
+    dentry_d_parent: 0,
+    dentry_d_name: 0,
+    dentry_d_inode: 0,
+    dentry_d_sb: 0,
+    qstr_name: 0,
+    inode_i_mode: 0,
+    inode_i_ino: 0,
+    inode_i_nlink: 0,
+    inode_i_rdev: 0,
+    super_block_s_dev: 0,
+    file_f_path: 0,
+    file_f_mode: 0,
+    path_mnt: 0,
+    path_dentry: 0,
+    vfsmount_mnt_root: 0,
+    mount_mnt: 0,
+    mount_mnt_parent: 0,
+    mount_mnt_mountpoint: 0,
+    task_real_parent: 0,
+    task_tgid: 0,
+    task_mm: 0,
+    mm_exe_file: 0,
+};
+
+/// The offset of one kernel field, as user space set it.
+macro_rules! off {
+    ($field:ident) => {
+        // SAFETY: a read of a read-only global; volatile so the compiler does not fold the
+        // zero it was declared with.
+        unsafe { core::ptr::read_volatile(&crate::kernel::AG_OFFSETS.$field) } as u64
+    };
+}
+pub(crate) use off;
+
+/// A kernel read failed: the object is gone or the pointer was bad. Callers treat the
+/// target as unresolved and deny.
+pub struct Unreadable;
+
+#[inline(always)]
+pub fn read_u64(base: u64, offset: u64) -> Result<u64, Unreadable> {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel((base + offset) as *const u64) }.map_err(|_| Unreadable)
+}
+
+#[inline(always)]
+pub fn read_u32(base: u64, offset: u64) -> Result<u32, Unreadable> {
+    // SAFETY: as in read_u64.
+    unsafe { bpf_probe_read_kernel((base + offset) as *const u32) }.map_err(|_| Unreadable)
+}
+
+#[inline(always)]
+pub fn read_u16(base: u64, offset: u64) -> Result<u16, Unreadable> {
+    // SAFETY: as in read_u64.
+    unsafe { bpf_probe_read_kernel((base + offset) as *const u16) }.map_err(|_| Unreadable)
+}
+
+/// Address of the current `task_struct`.
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_get_current_task() }
+}
+
+/// The `(vfsmount, dentry)` pair of a `struct path`.
+#[inline(always)]
+pub fn path_parts(path: u64) -> Result<(u64, u64), Unreadable> {
+    Ok((
+        read_u64(path, off!(path_mnt))?,
+        read_u64(path, off!(path_dentry))?,
+    ))
+}
+
+/// The `struct path` embedded in a `struct file`.
+#[inline(always)]
+pub fn file_path(file: u64) -> u64 {
+    file + off!(file_f_path)
+}
+
+/// Identity of a dentry's inode: `(s_dev, i_ino)`, or `None` for a negative dentry.
+#[inline(always)]
+pub fn inode_identity(dentry: u64) -> Result<Option<(u32, u64)>, Unreadable> {
+    let inode = read_u64(dentry, off!(dentry_d_inode))?;
+    if inode == 0 {
+        return Ok(None);
+    }
+    let sb = read_u64(dentry, off!(dentry_d_sb))?;
+    let dev = read_u32(sb, off!(super_block_s_dev))?;
+    let ino = read_u64(inode, off!(inode_i_ino))?;
+    Ok(Some((dev, ino)))
+}
+
+/// The `struct mount` around a `struct vfsmount`, and what it is mounted on.
+pub struct MountPoint {
+    /// The parent mount's `vfsmount`.
+    pub parent_mnt: u64,
+    /// The dentry in the parent mount this mount covers.
+    pub mountpoint: u64,
+}
+
+/// Where `mnt` is attached, or `None` when it is the root of its tree (or detached).
+#[inline(always)]
+pub fn mounted_on(mnt: u64) -> Result<Option<MountPoint>, Unreadable> {
+    let mount = mnt - off!(mount_mnt);
+    let parent = read_u64(mount, off!(mount_mnt_parent))?;
+    if parent == mount || parent == 0 {
+        return Ok(None);
+    }
+    Ok(Some(MountPoint {
+        parent_mnt: parent + off!(mount_mnt),
+        mountpoint: read_u64(mount, off!(mount_mnt_mountpoint))?,
+    }))
+}

@@ -1,0 +1,48 @@
+//! Every map the programs share with user space. User space fills the configuration maps
+//! before a session's first command runs and reads `EVENTS` and `STATS`.
+use agent_guard_common::{
+    Event, ScopeKey, SessionConfig, EVENT_RING_BYTES, MAX_PENDING_ENROLMENTS, MAX_SCOPE_ENTRIES,
+    MAX_SESSIONS, MAX_SESSION_TASKS, STAT_SLOTS,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+
+/// Live tasks of all guarded sessions: `task_struct` address to session id. Filled by the
+/// exec of a session's first command and by `task_alloc`, emptied by `task_free`.
+#[map]
+pub static TASKS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SESSION_TASKS, 0);
+
+/// Processes (by tgid) that join a session at their next exec. User space inserts the
+/// command's pid here while the child waits before exec; `bprm_check_security` moves it into
+/// `TASKS` and removes the entry, which tells user space that enrolment happened.
+#[map]
+pub static ENROLL: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PENDING_ENROLMENTS, 0);
+
+/// Settings of each session. A session missing here is treated as enforcing.
+#[map]
+pub static SESSIONS: HashMap<u32, SessionConfig> = HashMap::with_max_entries(MAX_SESSIONS, 0);
+
+/// Writable scopes: (session, device, inode) of each scope root. The value is the index of
+/// the policy rule that put it there.
+#[map]
+pub static SCOPES: HashMap<ScopeKey, u32> = HashMap::with_max_entries(MAX_SCOPE_ENTRIES, 0);
+
+/// Character devices a session may open for writing: key `[session, rdev]`, where an rdev
+/// whose minor is all ones (0xfffff) admits every minor of that major.
+#[map]
+pub static DEVICES: HashMap<[u32; 2], u32> = HashMap::with_max_entries(MAX_SCOPE_ENTRIES, 0);
+
+/// Decisions on their way to user space.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// Counters indexed by `STAT_*`, per CPU; user space sums them.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
+
+/// Scratch space where an event is assembled before it is copied into `EVENTS`: an event
+/// is far larger than the 512-byte BPF stack.
+#[map]
+pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,157 @@
+//! Decisions: the verdict for a session's mode, and the event that reports it.
+use agent_guard_common::{
+    DECISION_AUDIT, DECISION_DENY, EPERM, EVENT_DECISION, FLAG_PATH_TRUNCATED, MODE_AUDIT,
+    PATH_EXE, PATH_TARGET, PATH_TARGET2, STAT_AUDITED, STAT_DENIED, STAT_LOST_EVENTS,
+};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+};
+
+use crate::{
+    kernel::{current_task, file_path, off, path_parts, read_u32, read_u64},
+    maps::{EVENTS, SCRATCH, SESSIONS, STATS},
+    scope::render,
+};
+
+/// A location to print in an event: a dentry and the mount it was reached through.
+#[derive(Clone, Copy)]
+pub struct Location {
+    pub mnt: u64,
+    pub dentry: u64,
+}
+
+/// What a hook found: the operation, the rule that refuses it, and where.
+pub struct Finding {
+    pub op: u32,
+    pub rule: u32,
+    pub errno: i32,
+    pub target: Option<Location>,
+    pub target2: Option<Location>,
+}
+
+/// Reports `finding` and returns the hook's verdict: `-errno` in enforce mode, `allow` (the
+/// verdict the hook was given) in audit mode.
+#[inline(always)]
+pub fn decide(session: u32, finding: &Finding, allow: i32) -> i32 {
+    // A session without settings is enforcing: fail closed.
+    // SAFETY: SessionConfig is plain data; a concurrent update can only swap the mode.
+    let audit = unsafe { SESSIONS.get(&session) }.is_some_and(|c| c.mode == MODE_AUDIT);
+    let (decision, verdict, stat) = if audit {
+        (DECISION_AUDIT, allow, STAT_AUDITED)
+    } else {
+        (DECISION_DENY, -finding.errno, STAT_DENIED)
+    };
+    bump(stat);
+    emit(
+        session,
+        finding,
+        decision,
+        if audit { 0 } else { finding.errno as u32 },
+    );
+    verdict
+}
+
+/// Convenience for the common case: `op` refused with EPERM by `rule` at `target`.
+#[inline(always)]
+pub fn deny_at(session: u32, op: u32, rule: u32, target: Location, allow: i32) -> i32 {
+    decide(
+        session,
+        &Finding {
+            op,
+            rule,
+            errno: EPERM,
+            target: Some(target),
+            target2: None,
+        },
+        allow,
+    )
+}
+
+#[inline(always)]
+fn bump(slot: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn emit(session: u32, finding: &Finding, decision: u32, errno: u32) {
+    let Some(event) = SCRATCH.get_ptr_mut(0) else {
+        bump(STAT_LOST_EVENTS);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let task = current_task();
+    {
+        // SAFETY: the per-CPU scratch event belongs to this program run; this borrow ends
+        // before `render` writes the path slots through its own pointer.
+        let h = unsafe { &mut (*event).header };
+        h.kind = EVENT_DECISION;
+        h.op = finding.op;
+        h.session = session;
+        h.decision = decision;
+        h.rule = finding.rule;
+        h.errno = errno;
+        h.pid = (pid_tgid >> 32) as u32;
+        h.tid = pid_tgid as u32;
+        h.ppid = read_u64(task, off!(task_real_parent))
+            .and_then(|parent| read_u32(parent, off!(task_tgid)))
+            .unwrap_or(0);
+        h.uid = uid_gid as u32;
+        h.gid = (uid_gid >> 32) as u32;
+        // SAFETY: the helper has no preconditions.
+        h.ktime_ns = unsafe { bpf_ktime_get_ns() };
+        h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        h._pad = 0;
+    }
+    let mut lens = [0u16; 3];
+    let mut flags = 0u32;
+    if let Some(at) = finding.target {
+        let (len, cut) = render(PATH_TARGET, at.mnt, at.dentry);
+        lens[PATH_TARGET] = len;
+        if cut {
+            flags |= FLAG_PATH_TRUNCATED << PATH_TARGET;
+        }
+    }
+    if let Some(at) = finding.target2 {
+        let (len, cut) = render(PATH_TARGET2, at.mnt, at.dentry);
+        lens[PATH_TARGET2] = len;
+        if cut {
+            flags |= FLAG_PATH_TRUNCATED << PATH_TARGET2;
+        }
+    }
+    // The executable, from the task's mm: still right after the process has exited.
+    let exe = read_u64(task, off!(task_mm)).and_then(|mm| {
+        if mm == 0 {
+            Ok(0)
+        } else {
+            read_u64(mm, off!(mm_exe_file))
+        }
+    });
+    if let Ok(file) = exe {
+        if file != 0 {
+            if let Ok((mnt, dentry)) = path_parts(file_path(file)) {
+                let (len, cut) = render(PATH_EXE, mnt, dentry);
+                lens[PATH_EXE] = len;
+                if cut {
+                    flags |= FLAG_PATH_TRUNCATED << PATH_EXE;
+                }
+            }
+        }
+    }
+    // SAFETY: as above; the path slots are complete.
+    let event = unsafe {
+        (*event).header.path_len = lens;
+        (*event).header.flags = flags;
+        &*event
+    };
+    if EVENTS
+        .output::<agent_guard_common::Event>(event, 0)
+        .is_err()
+    {
+        // The decision above stands; only its report is lost, and that is counted.
+        bump(STAT_LOST_EVENTS);
+    }
+}

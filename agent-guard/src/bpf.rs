@@ -1,0 +1,319 @@
+//! Loading the BPF LSM programs and filling their maps.
+//!
+//! [`Guard`] owns the loaded object. While it lives the programs stay attached; dropping it
+//! detaches them, so whoever holds it must outlive every guarded process.
+use std::collections::BTreeSet;
+
+use agent_guard_common::{
+    ScopeKey, SessionConfig, MODE_AUDIT, MODE_ENFORCE, STAT_AUDITED, STAT_DENIED, STAT_LOST_EVENTS,
+};
+use aya::{
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{Lsm, ProgramError},
+    Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
+};
+
+use crate::{
+    kernel_btf::{self, KernelBtf},
+    policy::{Mode, ResolvedPolicy},
+};
+
+/// The BPF object built by build.rs from `agent-guard-ebpf`.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-guard"));
+
+/// Programs and the LSM hook each attaches to. `required == false` marks hooks that only
+/// newer kernels have; the hooks that cover the same operations on older ones are listed
+/// next to them.
+struct Hook {
+    program: &'static str,
+    required: bool,
+}
+
+const HOOKS: &[Hook] = &[
+    // Membership first, so no fork escapes between attachments.
+    Hook {
+        program: "task_alloc",
+        required: true,
+    },
+    Hook {
+        program: "task_free",
+        required: true,
+    },
+    Hook {
+        program: "bprm_check_security",
+        required: true,
+    },
+    Hook {
+        program: "path_unlink",
+        required: true,
+    },
+    Hook {
+        program: "path_rmdir",
+        required: true,
+    },
+    Hook {
+        program: "path_rename",
+        required: true,
+    },
+    Hook {
+        program: "path_link",
+        required: true,
+    },
+    Hook {
+        program: "path_truncate",
+        required: true,
+    },
+    // Linux 6.2+: ftruncate and O_TRUNC moved here from path_truncate.
+    Hook {
+        program: "file_truncate",
+        required: false,
+    },
+    Hook {
+        program: "file_open",
+        required: true,
+    },
+    Hook {
+        program: "sb_mount",
+        required: true,
+    },
+    Hook {
+        program: "move_mount",
+        required: true,
+    },
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading the kernel's type information (BTF)")]
+    KernelBtf(#[from] kernel_btf::BtfError),
+    #[error("reading the kernel's BTF for aya")]
+    AyaBtf(#[from] BtfError),
+    #[error("loading the BPF object")]
+    Object(#[from] EbpfError),
+    #[error("the BPF object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("loading the `{hook}` LSM program")]
+    Load {
+        hook: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching the `{hook}` LSM program")]
+    Attach {
+        hook: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("the BPF object has no map `{0}`")]
+    MissingMap(&'static str),
+    #[error("opening map `{map}`")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionMapError {
+    #[error("opening the session maps")]
+    Open(#[from] LoadError),
+    #[error("writing the `{map}` map for session {session:08x}")]
+    Write {
+        map: &'static str,
+        session: u32,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Totals of the per-CPU counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub denied: u64,
+    pub audited: u64,
+    pub lost: u64,
+}
+
+/// The loaded and attached programs.
+pub struct Guard {
+    ebpf: Ebpf,
+    /// Hooks attached, in order.
+    pub attached: Vec<&'static str>,
+}
+
+impl Guard {
+    /// Loads the programs with the running kernel's structure offsets and attaches every
+    /// hook. Any failure of a required hook is an error: there is no partial guard.
+    pub fn load() -> Result<Self, LoadError> {
+        let kernel = KernelBtf::from_running_kernel()?;
+        let offsets = kernel.offsets()?;
+        let btf = Btf::from_sys_fs()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("AG_OFFSETS", &offsets, true)
+            .load(BPF_OBJECT)?;
+        let mut attached = Vec::new();
+        for hook in HOOKS {
+            if !hook.required && !kernel.has_function(&format!("bpf_lsm_{}", hook.program)) {
+                continue;
+            }
+            let program: &mut Lsm = ebpf
+                .program_mut(hook.program)
+                .ok_or(LoadError::MissingProgram(hook.program))?
+                .try_into()
+                .map_err(|source| LoadError::Load {
+                    hook: hook.program,
+                    source,
+                })?;
+            program
+                .load(hook.program, &btf)
+                .map_err(|source| LoadError::Load {
+                    hook: hook.program,
+                    source,
+                })?;
+            program.attach().map_err(|source| LoadError::Attach {
+                hook: hook.program,
+                source,
+            })?;
+            attached.push(hook.program);
+        }
+        Ok(Self { ebpf, attached })
+    }
+
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, LoadError> {
+        let map = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+        HashMap::try_from(map).map_err(|source| LoadError::Map { map: name, source })
+    }
+
+    /// Installs a session's policy in the kernel maps. Call before any process joins it.
+    pub fn add_session(
+        &mut self,
+        session: u32,
+        policy: &ResolvedPolicy,
+    ) -> Result<(), SessionMapError> {
+        let write = |map: &'static str| {
+            move |source| SessionMapError::Write {
+                map,
+                session,
+                source,
+            }
+        };
+        let mode = match policy.mode {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Audit => MODE_AUDIT,
+        };
+        {
+            let mut scopes: HashMap<_, ScopeKey, u32> = self.hash_map("SCOPES")?;
+            for scope in &policy.scopes {
+                let key = ScopeKey {
+                    session,
+                    dev: scope.dev,
+                    ino: scope.ino,
+                };
+                scopes.insert(key, scope.rule, 0).map_err(write("SCOPES"))?;
+            }
+        }
+        {
+            let mut devices: HashMap<_, [u32; 2], u32> = self.hash_map("DEVICES")?;
+            let unique: BTreeSet<u32> = policy.devices.iter().copied().collect();
+            for rdev in unique {
+                devices
+                    .insert([session, rdev], 0, 0)
+                    .map_err(write("DEVICES"))?;
+            }
+        }
+        let mut sessions: HashMap<_, u32, SessionConfig> = self.hash_map("SESSIONS")?;
+        sessions
+            .insert(session, SessionConfig { mode, _pad: 0 }, 0)
+            .map_err(write("SESSIONS"))?;
+        Ok(())
+    }
+
+    /// Removes a session's policy from the kernel maps once no process is left in it.
+    pub fn remove_session(&mut self, session: u32, policy: &ResolvedPolicy) {
+        if let Ok(mut sessions) = self.hash_map::<u32, SessionConfig>("SESSIONS") {
+            let _ = sessions.remove(&session);
+        }
+        if let Ok(mut scopes) = self.hash_map::<ScopeKey, u32>("SCOPES") {
+            for scope in &policy.scopes {
+                let _ = scopes.remove(&ScopeKey {
+                    session,
+                    dev: scope.dev,
+                    ino: scope.ino,
+                });
+            }
+        }
+        if let Ok(mut devices) = self.hash_map::<[u32; 2], u32>("DEVICES") {
+            for rdev in &policy.devices {
+                let _ = devices.remove(&[session, *rdev]);
+            }
+        }
+    }
+
+    /// Marks process `pid` to join `session` at its next exec.
+    pub fn enroll(&mut self, pid: u32, session: u32) -> Result<(), SessionMapError> {
+        let mut enroll: HashMap<_, u32, u32> = self.hash_map("ENROLL")?;
+        enroll
+            .insert(pid, session, 0)
+            .map_err(|source| SessionMapError::Write {
+                map: "ENROLL",
+                session,
+                source,
+            })
+    }
+
+    /// Whether `pid` is still waiting to join a session (its exec has not happened).
+    pub fn enrolment_pending(&mut self, pid: u32) -> bool {
+        match self.hash_map::<u32, u32>("ENROLL") {
+            Ok(enroll) => enroll.get(&pid, 0).is_ok(),
+            Err(_) => true,
+        }
+    }
+
+    /// Drops a pending enrolment (the process never reached exec).
+    pub fn cancel_enrolment(&mut self, pid: u32) {
+        if let Ok(mut enroll) = self.hash_map::<u32, u32>("ENROLL") {
+            let _ = enroll.remove(&pid);
+        }
+    }
+
+    /// The event ring buffer. It can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(LoadError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| LoadError::Map {
+            map: "EVENTS",
+            source,
+        })
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn stats(&self) -> Result<Stats, LoadError> {
+        let map = self
+            .ebpf
+            .map("STATS")
+            .ok_or(LoadError::MissingMap("STATS"))?;
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| LoadError::Map {
+                map: "STATS",
+                source,
+            })?;
+        let sum = |slot: u32| -> Result<u64, LoadError> {
+            let values = stats.get(&slot, 0).map_err(|source| LoadError::Map {
+                map: "STATS",
+                source,
+            })?;
+            Ok(values.iter().sum())
+        };
+        Ok(Stats {
+            denied: sum(STAT_DENIED)?,
+            audited: sum(STAT_AUDITED)?,
+            lost: sum(STAT_LOST_EVENTS)?,
+        })
+    }
+}

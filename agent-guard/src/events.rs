@@ -1,0 +1,426 @@
+//! Events: decoding what the kernel side reports and writing it as JSON lines.
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use agent_guard_common::{
+    Event, EventHeader, DECISION_AUDIT, DECISION_DENY, EVENT_DECISION, EVENT_PATHS,
+    FLAG_PATH_TRUNCATED, OP_EXEC, OP_FORK, OP_LINK, OP_MOUNT, OP_OPEN_WRITE, OP_RENAME, OP_RMDIR,
+    OP_TRUNCATE, OP_UNLINK, PATH_BUF_LEN, PATH_EXE, PATH_TARGET, PATH_TARGET2, RULE_MOUNT,
+    RULE_MULTI_LINK, RULE_OUTSIDE_SCOPE, RULE_PATH_TOO_DEEP, RULE_SCOPE_ROOT,
+    RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
+};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event of {0} bytes is shorter than an event header")]
+    Short(usize),
+    #[error("unknown {field} {value} in an event")]
+    Unknown { field: &'static str, value: u32 },
+}
+
+/// Operation names as they appear in events.
+pub fn op_name(op: u32) -> Result<&'static str, DecodeError> {
+    Ok(match op {
+        OP_UNLINK => "unlink",
+        OP_RMDIR => "rmdir",
+        OP_RENAME => "rename",
+        OP_TRUNCATE => "truncate",
+        OP_OPEN_WRITE => "open-write",
+        OP_LINK => "link",
+        OP_FORK => "fork",
+        OP_EXEC => "exec",
+        OP_MOUNT => "mount",
+        value => {
+            return Err(DecodeError::Unknown {
+                field: "operation",
+                value,
+            })
+        }
+    })
+}
+
+/// Rule names as they appear in events.
+pub fn rule_name(rule: u32) -> Result<&'static str, DecodeError> {
+    Ok(match rule {
+        RULE_OUTSIDE_SCOPE => "outside-writable-scope",
+        RULE_PATH_TOO_DEEP => "path-too-deep",
+        RULE_UNRESOLVED => "unresolved-location",
+        RULE_MULTI_LINK => "multi-link-file",
+        RULE_SESSION_TABLE_FULL => "session-table-full",
+        RULE_SCOPE_ROOT => "scope-root",
+        RULE_MOUNT => "no-mount",
+        value => {
+            return Err(DecodeError::Unknown {
+                field: "rule",
+                value,
+            })
+        }
+    })
+}
+
+pub fn errno_name(errno: u32) -> Option<&'static str> {
+    match errno as i32 {
+        0 => None,
+        libc::EPERM => Some("EPERM"),
+        libc::EAGAIN => Some("EAGAIN"),
+        libc::ENOMEM => Some("ENOMEM"),
+        _ => None,
+    }
+}
+
+/// One decision, as decoded from the ring buffer (before it is tied to wall-clock time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub session: u32,
+    pub op: &'static str,
+    pub decision: &'static str,
+    pub rule: &'static str,
+    pub errno: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub paths: Vec<String>,
+    pub truncated: bool,
+    pub ktime_ns: u64,
+}
+
+/// Rebuilds an absolute path from the kernel's leaf-first, NUL-separated components.
+pub fn path_from_components(bytes: &[u8]) -> String {
+    let mut parts: Vec<&[u8]> = bytes.split(|&b| b == 0).filter(|p| !p.is_empty()).collect();
+    parts.reverse();
+    let mut out = String::from("/");
+    out.push_str(
+        &parts
+            .iter()
+            .map(|p| String::from_utf8_lossy(p))
+            .collect::<Vec<_>>()
+            .join("/"),
+    );
+    out
+}
+
+fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+impl Decision {
+    /// Decodes one ring-buffer record.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let header_len = size_of::<EventHeader>();
+        if bytes.len() < header_len {
+            return Err(DecodeError::Short(bytes.len()));
+        }
+        // SAFETY: `bytes` holds at least one EventHeader, which is plain integers with no
+        // padding; read_unaligned copes with any alignment of the ring buffer record.
+        let h: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        if h.kind != EVENT_DECISION {
+            return Err(DecodeError::Unknown {
+                field: "event kind",
+                value: h.kind,
+            });
+        }
+        let decision = match h.decision {
+            DECISION_DENY => "deny",
+            DECISION_AUDIT => "audit",
+            value => {
+                return Err(DecodeError::Unknown {
+                    field: "decision",
+                    value,
+                })
+            }
+        };
+        let path = |slot: usize| -> Option<String> {
+            let len = (h.path_len[slot] as usize).min(PATH_BUF_LEN);
+            if len == 0 {
+                return None;
+            }
+            let start = header_len + slot * PATH_BUF_LEN;
+            let raw = bytes.get(start..start + len)?;
+            Some(path_from_components(raw))
+        };
+        let mut paths = Vec::new();
+        for slot in [PATH_TARGET, PATH_TARGET2] {
+            if let Some(p) = path(slot) {
+                paths.push(p);
+            }
+        }
+        let truncated = (0..EVENT_PATHS).any(|slot| h.flags & (FLAG_PATH_TRUNCATED << slot) != 0);
+        Ok(Self {
+            session: h.session,
+            op: op_name(h.op)?,
+            decision,
+            rule: rule_name(h.rule)?,
+            errno: h.errno,
+            pid: h.pid,
+            tid: h.tid,
+            ppid: h.ppid,
+            uid: h.uid,
+            gid: h.gid,
+            comm: cstr(&h.comm),
+            exe: path(PATH_EXE),
+            paths,
+            truncated,
+            ktime_ns: h.ktime_ns,
+        })
+    }
+}
+
+const _: () = assert!(size_of::<Event>() == size_of::<EventHeader>() + EVENT_PATHS * PATH_BUF_LEN);
+
+/// Converts the kernel's monotonic timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Realtime minus monotonic, in nanoseconds, sampled at start.
+    offset_ns: i128,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+impl Clock {
+    pub fn sample() -> Self {
+        Self {
+            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+        }
+    }
+
+    /// RFC 3339 UTC time of a monotonic timestamp.
+    pub fn rfc3339(&self, ktime_ns: u64) -> String {
+        rfc3339(ktime_ns as i128 + self.offset_ns)
+    }
+
+    /// RFC 3339 UTC time now.
+    pub fn now(&self) -> String {
+        rfc3339(clock_ns(libc::CLOCK_REALTIME))
+    }
+}
+
+/// Formats Unix-epoch nanoseconds as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+pub fn rfc3339(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+    let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as u32;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The JSON form of a decision.
+#[derive(Debug, Serialize)]
+pub struct DecisionRecord<'a> {
+    pub time: String,
+    pub kind: &'static str,
+    pub session: String,
+    pub policy: &'a str,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<&'a str>,
+    pub op: &'static str,
+    pub paths: &'a [String],
+    pub decision: &'static str,
+    pub rule: &'static str,
+    pub errno: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno_name: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+}
+
+/// The JSON form of a report of events the ring buffer dropped.
+#[derive(Debug, Serialize)]
+pub struct LostRecord<'a> {
+    pub time: String,
+    pub kind: &'static str,
+    pub session: String,
+    pub policy: &'a str,
+    /// Events dropped since the previous report.
+    pub lost: u64,
+    /// Events dropped since the session started.
+    pub lost_total: u64,
+}
+
+/// Session ids print as eight hex digits.
+pub fn session_label(session: u32) -> String {
+    format!("{session:08x}")
+}
+
+/// Where events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Stderr,
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stderr => f.write_str("stderr"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Writes JSON lines to the destination, one `write` per line.
+pub struct EventWriter {
+    out: Box<dyn io::Write + Send>,
+    pub destination: Destination,
+    pub written: u64,
+}
+
+impl EventWriter {
+    /// Opens the destination for appending; a new file is created readable by its owner only.
+    pub fn open(destination: Destination) -> io::Result<Self> {
+        let out: Box<dyn io::Write + Send> = match &destination {
+            Destination::Stderr => Box::new(io::stderr()),
+            Destination::File(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Box::new(open_append(path)?)
+            }
+        };
+        Ok(Self {
+            out,
+            destination,
+            written: 0,
+        })
+    }
+
+    pub fn write<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.out.write_all(&line)?;
+        self.out.flush()?;
+        self.written += 1;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_are_reversed_into_an_absolute_path() {
+        assert_eq!(
+            path_from_components(b"db.sqlite\0prod\0srv\0"),
+            "/srv/prod/db.sqlite"
+        );
+        assert_eq!(path_from_components(b""), "/");
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        assert_eq!(
+            rfc3339(1_795_608_000_123_456_789),
+            "2026-11-25T09:20:00.123456Z"
+        );
+    }
+
+    fn sample_event() -> Vec<u8> {
+        let mut bytes = vec![0u8; size_of::<Event>()];
+        let header = EventHeader {
+            kind: EVENT_DECISION,
+            op: OP_RENAME,
+            session: 0xabc,
+            decision: DECISION_DENY,
+            rule: RULE_OUTSIDE_SCOPE,
+            errno: 1,
+            pid: 10,
+            tid: 11,
+            ppid: 9,
+            uid: 0,
+            gid: 0,
+            flags: 0,
+            ktime_ns: 5,
+            comm: *b"mv\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            path_len: [9, 6, 7],
+            _pad: 0,
+        };
+        // SAFETY: the buffer is large enough for the header.
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), header) };
+        let base = size_of::<EventHeader>();
+        bytes[base..base + 9].copy_from_slice(b"db\0prod\0\0");
+        bytes[base + PATH_BUF_LEN..base + PATH_BUF_LEN + 6].copy_from_slice(b"x\0tmp\0");
+        bytes[base + 2 * PATH_BUF_LEN..base + 2 * PATH_BUF_LEN + 7].copy_from_slice(b"mv\0bin\0");
+        bytes
+    }
+
+    #[test]
+    fn decodes_a_rename_event() {
+        let event = Decision::decode(&sample_event()).unwrap();
+        assert_eq!(event.op, "rename");
+        assert_eq!(event.decision, "deny");
+        assert_eq!(event.rule, "outside-writable-scope");
+        assert_eq!(
+            event.paths,
+            vec!["/prod/db".to_owned(), "/tmp/x".to_owned()]
+        );
+        assert_eq!(event.exe.as_deref(), Some("/bin/mv"));
+        assert_eq!(event.comm, "mv");
+        assert_eq!(event.ppid, 9);
+    }
+
+    #[test]
+    fn unknown_codes_are_errors_not_defaults() {
+        let mut bytes = sample_event();
+        bytes[4] = 200; // op
+        assert_eq!(
+            Decision::decode(&bytes),
+            Err(DecodeError::Unknown {
+                field: "operation",
+                value: 200
+            })
+        );
+        assert_eq!(Decision::decode(&bytes[..10]), Err(DecodeError::Short(10)));
+    }
+}

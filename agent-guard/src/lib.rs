@@ -1,0 +1,18 @@
+//! agent-guard: a kernel-enforced sandbox for AI-agent process trees.
+//!
+//! The library holds everything; `main.rs` only dispatches the command line.
+//!
+//! - [`policy`]: the policy language, parsed and validated, then resolved at session start.
+//! - [`kernel_btf`]: structure offsets of the running kernel, for the BPF programs.
+//! - [`bpf`]: loading and attaching the BPF LSM programs and filling their maps.
+//! - [`selfcheck`]: proving that the kernel really enforces before anything runs.
+//! - [`session`]: starting a command inside a session and waiting for all of it.
+//! - [`events`]: decoding decisions and writing them as JSON lines.
+//! - [`cli`]: one module per subcommand.
+pub mod bpf;
+pub mod cli;
+pub mod events;
+pub mod kernel_btf;
+pub mod policy;
+pub mod selfcheck;
+pub mod session;

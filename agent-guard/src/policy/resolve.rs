@@ -1,0 +1,268 @@
+//! Session-start resolution: variables are expanded once, and each path becomes the
+//! identity the kernel uses for the object it names (device and inode), so the kernel side
+//! never compares strings.
+use std::{
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+use super::{Location, Mode, Policy, PolicyPath};
+
+/// What a session's variables expand to.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    /// `${WORKSPACE}`: the directory `run` was started in.
+    pub workspace: PathBuf,
+    /// `~`: the invoking user's home.
+    pub home: Option<PathBuf>,
+}
+
+impl SessionContext {
+    /// The context of the current process: its working directory and `$HOME`.
+    pub fn current() -> std::io::Result<Self> {
+        Ok(Self {
+            workspace: std::env::current_dir()?,
+            home: std::env::var_os("HOME").map(PathBuf::from),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{location}: `{text}` uses `{variable}`, which is not set\n  hint: set it in the environment of `agent-guard run`, or write the path out")]
+    UnsetVariable {
+        location: Location,
+        text: String,
+        variable: String,
+    },
+    #[error(
+        "{location}: `{text}` has an unterminated `${{`\n  hint: write variables as `${{NAME}}`"
+    )]
+    BadVariable { location: Location, text: String },
+    #[error("{location}: `{text}` expands to `{path}`, which cannot be used\n  hint: create it first, or remove it from the policy")]
+    Missing {
+        location: Location,
+        text: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{location}: `{path}` is not a character device\n  hint: `writable_devices` lists device files such as /dev/null")]
+    NotADevice { location: Location, path: PathBuf },
+}
+
+/// One writable scope as the kernel will know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedScope {
+    pub path: PathBuf,
+    /// `super_block::s_dev` in the kernel's encoding.
+    pub dev: u32,
+    pub ino: u64,
+    /// Index in the policy's `writable` list.
+    pub rule: u32,
+}
+
+impl ResolvedScope {
+    /// The scope for an object whose metadata was already read.
+    pub fn from_metadata(path: PathBuf, meta: &std::fs::Metadata, rule: u32) -> Self {
+        Self {
+            dev: kernel_dev(meta.dev()),
+            ino: meta.ino(),
+            path,
+            rule,
+        }
+    }
+}
+
+/// A policy with its variables expanded and its paths resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedPolicy {
+    pub source: String,
+    pub mode: Mode,
+    pub scopes: Vec<ResolvedScope>,
+    /// Character devices (kernel rdev; minor 0xfffff means any minor).
+    pub devices: Vec<u32>,
+}
+
+/// The kernel's internal `dev_t` encoding (major << 20 | minor) of a user-space `dev_t`.
+pub fn kernel_dev(dev: u64) -> u32 {
+    let major = libc::major(dev);
+    let minor = libc::minor(dev);
+    (major << 20) | (minor & 0xfffff)
+}
+
+/// Any minor of `major`, in the kernel encoding the DEVICES map uses.
+pub fn any_minor(major: u32) -> u32 {
+    (major << 20) | 0xfffff
+}
+
+/// Majors of terminals: virtual consoles (4), tty/console/ptmx (5), Unix98 pty slaves
+/// (136-143).
+const TERMINAL_MAJORS: [u32; 10] = [4, 5, 136, 137, 138, 139, 140, 141, 142, 143];
+
+impl Policy {
+    /// Expands variables and resolves every path, at session start.
+    pub fn resolve(&self, ctx: &SessionContext) -> Result<ResolvedPolicy, ResolveError> {
+        let mut scopes = Vec::with_capacity(self.writable.len());
+        for entry in &self.writable {
+            let path = expand(entry, ctx)?;
+            let meta = std::fs::metadata(&path).map_err(|source| ResolveError::Missing {
+                location: entry.location.clone(),
+                text: entry.text.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            scopes.push(ResolvedScope::from_metadata(
+                path,
+                &meta,
+                entry.index as u32,
+            ));
+        }
+        let mut devices = Vec::new();
+        for entry in &self.writable_devices {
+            let path = expand(entry, ctx)?;
+            let meta = std::fs::metadata(&path).map_err(|source| ResolveError::Missing {
+                location: entry.location.clone(),
+                text: entry.text.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            if !meta.file_type().is_char_device() {
+                return Err(ResolveError::NotADevice {
+                    location: entry.location.clone(),
+                    path,
+                });
+            }
+            devices.push(kernel_dev(meta.rdev()));
+        }
+        if self.terminals {
+            devices.extend(TERMINAL_MAJORS.iter().map(|&major| any_minor(major)));
+        }
+        Ok(ResolvedPolicy {
+            source: self.source.clone(),
+            mode: self.mode,
+            scopes,
+            devices,
+        })
+    }
+}
+
+/// Expands `${WORKSPACE}`, `${NAME}` (environment) and a leading `~`.
+fn expand(entry: &PolicyPath, ctx: &SessionContext) -> Result<PathBuf, ResolveError> {
+    let text = &entry.text;
+    let unset = |variable: &str| ResolveError::UnsetVariable {
+        location: entry.location.clone(),
+        text: text.clone(),
+        variable: variable.to_owned(),
+    };
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    if let Some(after) = rest.strip_prefix('~') {
+        if after.is_empty() || after.starts_with('/') {
+            let home = ctx.home.as_ref().ok_or_else(|| unset("~ ($HOME)"))?;
+            out.push_str(&home.to_string_lossy());
+            rest = after;
+        }
+    }
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| ResolveError::BadVariable {
+            location: entry.location.clone(),
+            text: text.clone(),
+        })?;
+        let name = &after[..end];
+        let value = if name == "WORKSPACE" {
+            ctx.workspace.to_string_lossy().into_owned()
+        } else {
+            std::env::var(name).map_err(|_| unset(&format!("${{{name}}}")))?
+        };
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(Path::new(&out).to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(dir: &Path) -> SessionContext {
+        SessionContext {
+            workspace: dir.to_path_buf(),
+            home: Some(dir.join("home")),
+        }
+    }
+
+    #[test]
+    fn workspace_and_home_expand_and_resolve_to_inodes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("home")).unwrap();
+        std::fs::create_dir(dir.path().join("home/cache")).unwrap();
+        let policy = Policy::parse(
+            "p.toml",
+            "[filesystem]\nwritable = [\"${WORKSPACE}\", \"~/cache\"]\n",
+        )
+        .unwrap();
+        let resolved = policy.resolve(&ctx(dir.path())).unwrap();
+        let meta = std::fs::metadata(dir.path().join("home/cache")).unwrap();
+        assert_eq!(resolved.scopes[0].path, dir.path());
+        assert_eq!(resolved.scopes[1].ino, meta.ino());
+        assert_eq!(resolved.scopes[1].rule, 1);
+    }
+
+    #[test]
+    fn missing_scope_is_a_located_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy::parse(
+            "p.toml",
+            "[filesystem]\nwritable = [\"${WORKSPACE}/nope\"]\n",
+        )
+        .unwrap();
+        let err = policy.resolve(&ctx(dir.path())).unwrap_err().to_string();
+        assert!(
+            err.starts_with("p.toml:2:13: `${WORKSPACE}/nope` expands to"),
+            "{err}"
+        );
+        assert!(err.contains("hint: create it first"), "{err}");
+    }
+
+    #[test]
+    fn unset_environment_variable_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy::parse(
+            "p.toml",
+            "[filesystem]\nwritable = [\"${AG_SURELY_UNSET_VARIABLE}\"]\n",
+        )
+        .unwrap();
+        let err = policy.resolve(&ctx(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("${AG_SURELY_UNSET_VARIABLE}"), "{err}");
+    }
+
+    #[test]
+    fn devices_must_be_character_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy =
+            Policy::parse("p.toml", "[filesystem]\nwritable_devices = [\"/tmp\"]\n").unwrap();
+        assert!(matches!(
+            policy.resolve(&ctx(dir.path())),
+            Err(ResolveError::NotADevice { .. })
+        ));
+        let policy = Policy::parse(
+            "p.toml",
+            "[filesystem]\nwritable_devices = [\"/dev/null\"]\nterminals = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            policy.resolve(&ctx(dir.path())).unwrap().devices,
+            vec![(1 << 20) | 3]
+        );
+    }
+
+    #[test]
+    fn kernel_dev_encoding() {
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+        assert_eq!(kernel_dev(libc::makedev(259, 300)), (259 << 20) | 300);
+    }
+}
