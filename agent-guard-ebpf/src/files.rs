@@ -20,7 +20,14 @@ use crate::{
 /// `FMODE_WRITE` in `file::f_mode`.
 const FMODE_WRITE: u32 = 0x2;
 /// `FMODE_CREATED`: this open created the file.
-const FMODE_CREATED: u32 = 0x100000;
+const FMODE_CREATED: u32 = 1 << 20;
+/// `FMODE_BACKING` (Linux 6.6+): the file is the backing file of a stacking filesystem
+/// such as overlayfs, opened by the kernel on behalf of an open already decided.
+const FMODE_BACKING: u32 = 1 << 24;
+/// `FMODE_NOACCOUNT`: set on Linux 6.1's `open_with_fake_path` files (overlayfs's backing
+/// files before FMODE_BACKING existed) and on other kernel-internal opens. Bit 24 is unused
+/// on 6.1, so testing both bits is right on both generations.
+const FMODE_NOACCOUNT: u32 = 1 << 29;
 const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
 const S_IFCHR: u16 = 0o020000;
@@ -241,7 +248,10 @@ fn check_writable(session: u32, mnt: u64, dentry: u64) -> Result<(), u32> {
 }
 
 /// `file_open(struct file *file)`: opening an existing file for writing outside the scopes.
-/// Files this very open created are left to the creation rules of the policy.
+/// Files this very open created are left to the creation rules of the policy. Backing files
+/// of overlayfs are skipped: the kernel opens them after the user-visible overlay file, whose
+/// own `file_open` already took the decision on the path the process used (in a container,
+/// the backing path is an internal upper directory that no scope names).
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
     let allow: i32 = ctx.arg(1);
@@ -261,7 +271,8 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             allow,
         );
     };
-    if f_mode & FMODE_WRITE == 0 || f_mode & FMODE_CREATED != 0 {
+    if f_mode & FMODE_WRITE == 0 || f_mode & (FMODE_CREATED | FMODE_BACKING | FMODE_NOACCOUNT) != 0
+    {
         return allow;
     }
     let Ok((mnt, dentry)) = path_parts(file_path(file)) else {

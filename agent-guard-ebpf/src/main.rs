@@ -8,23 +8,36 @@
 //! The filesystem hooks (`files` module) decide on dentries and inodes, never on the string
 //! the process passed, and report every decision through the `EVENTS` ring buffer
 //! (`report` module). Enforcement never waits for user space.
-#![no_std]
-#![no_main]
+//!
+//! Built for the host (as in `cargo test --workspace`), the crate is an empty program: the
+//! programs only exist for the BPF target.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
 mod files;
+#[cfg(target_arch = "bpf")]
 mod kernel;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
 mod report;
+#[cfg(target_arch = "bpf")]
 mod scope;
+#[cfg(target_arch = "bpf")]
 mod session;
 
-#[cfg(not(test))]
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     // The verifier rejects any program that can reach this, so it never runs.
     loop {}
 }
 
+#[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

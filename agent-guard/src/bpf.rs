@@ -19,7 +19,8 @@ use crate::{
 };
 
 /// The BPF object built by build.rs from `agent-guard-ebpf`.
-static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-guard"));
+static BPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-guard-ebpf"));
 
 /// Programs and the LSM hook each attaches to. `required == false` marks hooks that only
 /// newer kernels have; the hooks that cover the same operations on older ones are listed

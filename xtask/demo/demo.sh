@@ -1,0 +1,45 @@
+#!/bin/bash
+# The agent-guard demo: a rogue agent in a guarded session (see rogue-agent.sh).
+# Usage: demo.sh AGENT_GUARD_BINARY    (as root, on a kernel with BPF LSM)
+set -u
+AG=$1
+HERE=$(cd "$(dirname "$0")" && pwd)
+DEMO=/tmp/agent-guard-demo
+rm -rf "$DEMO"
+mkdir -p "$DEMO/prod/db" "$DEMO/prod/etc" "$DEMO/workspace"
+
+# The production tree, created by the operator before the agent starts.
+printf 'order-1,100\norder-2,250\n' > "$DEMO/prod/db/orders.db"
+printf 'listen = 0.0.0.0:8080\n' > "$DEMO/prod/etc/app.conf"
+before=$(cd "$DEMO/prod" && find . -type f -exec sha256sum {} + | sort)
+
+echo "== agent-guard run -- rogue-agent.sh   (writable scope: $DEMO/workspace)"
+cd "$DEMO/workspace"
+"$AG" run --events "$DEMO/events.jsonl" -- bash "$HERE/rogue-agent.sh" "$DEMO/prod"
+status=$?
+echo "== exit status of the guarded run: $status"
+
+echo "== events ($DEMO/events.jsonl)"
+python3 - "$DEMO/events.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e.get("kind") != "decision":
+        print("  ", line.strip())
+        continue
+    print(f"  {e['decision'].upper():5} {e['op']:<10} {' -> '.join(e['paths']):<48} by {e['comm']} (pid {e['pid']}, exe {e.get('exe')}) rule={e['rule']}")
+print("   first event in full:")
+with open(sys.argv[1]) as f:
+    print("  ", f.readline().strip())
+PY
+
+echo "== checking the outcome"
+after=$(cd "$DEMO/prod" && find . -type f -exec sha256sum {} + | sort)
+ok=1
+if [ "$before" = "$after" ]; then echo "  production tree intact (same files, same checksums)"; else echo "  PRODUCTION TREE CHANGED"; ok=0; fi
+if [ -f "$DEMO/workspace/src/main.py" ] && [ -f "$DEMO/workspace/PLAN.md" ] && [ ! -e "$DEMO/workspace/scratch.tmp" ]; then
+    echo "  workspace edits succeeded"
+else
+    echo "  WORKSPACE EDITS FAILED"; ok=0
+fi
+[ "$ok" = 1 ]

@@ -1,0 +1,72 @@
+//! Building the workspace's binaries and finding their paths.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _};
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds every binary of the workspace (the BPF object included, through build.rs).
+pub fn build_all() -> anyhow::Result<()> {
+    let status = cargo()
+        .args(["build", "--bins"])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    Ok(())
+}
+
+pub fn agent_guard_bin() -> PathBuf {
+    workspace_root().join("target/debug/agent-guard")
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    workspace_root().join("target/debug").join(name)
+}
+
+/// Builds an integration-test target without running it and returns its executable.
+pub fn test_executable(package: &str, test: &str) -> anyhow::Result<PathBuf> {
+    let out = cargo()
+        .args([
+            "test",
+            "-p",
+            package,
+            "--test",
+            test,
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the `{test}` test of {package} failed");
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == test {
+            if let Some(exe) = msg["executable"].as_str() {
+                return Ok(PathBuf::from(exe));
+            }
+        }
+    }
+    bail!("cargo did not report the executable of test `{test}`")
+}
