@@ -11,6 +11,12 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("agent-guard has no parent directory")?
         .join("agent-guard-ebpf");
+    // aya-build watches the BPF crate only; the shared types change its object too.
+    let common_dir = manifest_dir
+        .parent()
+        .context("agent-guard has no parent directory")?
+        .join("agent-guard-common");
+    println!("cargo:rerun-if-changed={}", common_dir.display());
     let root_dir = ebpf_dir
         .to_str()
         .context("the workspace path is not UTF-8")?;

@@ -46,6 +46,9 @@ pub const OP_LINK: u32 = 6;
 pub const OP_FORK: u32 = 7;
 pub const OP_EXEC: u32 = 8;
 pub const OP_MOUNT: u32 = 9;
+pub const OP_SIGNAL: u32 = 10;
+pub const OP_PTRACE: u32 = 11;
+pub const OP_BPF: u32 = 12;
 
 // Decisions (Event::decision).
 /// The operation was refused with `Event::errno`.
@@ -71,6 +74,11 @@ pub const RULE_SCOPE_ROOT: u32 = 6;
 /// Sessions mount nothing: a mount could show a filesystem from outside the scopes inside
 /// one.
 pub const RULE_MOUNT: u32 = 7;
+/// The target process is not part of the acting process's session: a session may signal
+/// and trace only its own processes, never the guard or anything else on the host.
+pub const RULE_OUTSIDE_SESSION: u32 = 8;
+/// Sessions may not use bpf(2): it could detach or rewrite the guard's programs.
+pub const RULE_NO_BPF: u32 = 9;
 
 // Event kinds (Event::kind).
 /// A decision taken by an LSM hook.
@@ -110,13 +118,18 @@ pub struct EventHeader {
     pub uid: u32,
     pub gid: u32,
     pub flags: u32,
+    /// Process (tgid) an operation on another process was aimed at; 0 otherwise.
+    pub target_pid: u32,
+    /// Signal number of a refused signal, ptrace mode of a refused trace, bpf command of a
+    /// refused bpf(2); 0 otherwise.
+    pub detail: u32,
     /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
     pub ktime_ns: u64,
     pub comm: [u8; 16],
     pub path_len: [u16; EVENT_PATHS],
     pub _pad: u16,
 }
-const _: () = assert!(size_of::<EventHeader>() == 80);
+const _: () = assert!(size_of::<EventHeader>() == 88);
 
 /// One decision as it travels through the ring buffer.
 #[repr(C)]
@@ -125,7 +138,7 @@ pub struct Event {
     pub header: EventHeader,
     pub paths: [[u8; PATH_BUF_LEN]; EVENT_PATHS],
 }
-const _: () = assert!(size_of::<Event>() == 80 + 3 * 4096);
+const _: () = assert!(size_of::<Event>() == 88 + 3 * 4096);
 
 /// Key of the writable-scope table: a directory (or file) of one session, identified by the
 /// kernel's own identity of the inode, never by its name.

@@ -139,6 +139,8 @@ fn try_path_rename(ctx: &LsmContext, session: u32) -> Result<(), Finding> {
             mnt: new_mnt,
             dentry: new_dentry,
         }),
+        target_pid: 0,
+        detail: 0,
     };
     let (Ok((old_mnt, old_parent)), Ok((new_mnt, new_parent))) =
         (path_parts(old_dir), path_parts(new_dir))
@@ -195,6 +197,8 @@ pub fn path_link(ctx: LsmContext) -> i32 {
                     mnt,
                     dentry: new_dentry,
                 }),
+                target_pid: 0,
+                detail: 0,
             },
             allow,
         ),
@@ -360,6 +364,8 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
         errno: EPERM,
         target: at.ok(),
         target2: None,
+        target_pid: 0,
+        detail: 0,
     };
     decide(session, &finding, allow)
 }
@@ -383,6 +389,8 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
         errno: EPERM,
         target: at.ok(),
         target2: None,
+        target_pid: 0,
+        detail: 0,
     };
     decide(session, &finding, allow)
 }

@@ -27,6 +27,9 @@ pub struct Finding {
     pub errno: i32,
     pub target: Option<Location>,
     pub target2: Option<Location>,
+    /// Process the operation was aimed at (tgid), and its detail (signal, mode, command).
+    pub target_pid: u32,
+    pub detail: u32,
 }
 
 /// Reports `finding` and returns the hook's verdict: `-errno` in enforce mode, `allow` (the
@@ -62,6 +65,8 @@ pub fn deny_at(session: u32, op: u32, rule: u32, target: Location, allow: i32) -
             errno: EPERM,
             target: Some(target),
             target2: None,
+            target_pid: 0,
+            detail: 0,
         },
         allow,
     )
@@ -104,6 +109,8 @@ fn emit(session: u32, finding: &Finding, decision: u32, errno: u32) {
         // SAFETY: the helper has no preconditions.
         h.ktime_ns = unsafe { bpf_ktime_get_ns() };
         h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        h.target_pid = finding.target_pid;
+        h.detail = finding.detail;
         h._pad = 0;
     }
     let mut lens = [0u16; 3];

@@ -47,6 +47,8 @@ pub fn task_alloc(ctx: LsmContext) -> i32 {
         errno: EAGAIN,
         target: None,
         target2: None,
+        target_pid: 0,
+        detail: 0,
     };
     decide(session, &finding, allow)
 }
@@ -80,6 +82,8 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
             errno: ENOMEM,
             target: None,
             target2: None,
+            target_pid: 0,
+            detail: 0,
         };
         // Refuse the exec whatever the mode: the command must not run unguarded.
         let _ = decide(session, &finding, allow);

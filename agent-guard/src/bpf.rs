@@ -81,6 +81,19 @@ const HOOKS: &[Hook] = &[
         program: "move_mount",
         required: true,
     },
+    // Self-protection: no signals or ptrace outside the session, no bpf(2).
+    Hook {
+        program: "task_kill",
+        required: true,
+    },
+    Hook {
+        program: "ptrace_access_check",
+        required: true,
+    },
+    Hook {
+        program: "bpf",
+        required: true,
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

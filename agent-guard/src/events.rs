@@ -8,10 +8,11 @@ use std::{
 
 use agent_guard_common::{
     Event, EventHeader, DECISION_AUDIT, DECISION_DENY, EVENT_DECISION, EVENT_PATHS,
-    FLAG_PATH_TRUNCATED, OP_EXEC, OP_FORK, OP_LINK, OP_MOUNT, OP_OPEN_WRITE, OP_RENAME, OP_RMDIR,
-    OP_TRUNCATE, OP_UNLINK, PATH_BUF_LEN, PATH_EXE, PATH_TARGET, PATH_TARGET2, RULE_MOUNT,
-    RULE_MULTI_LINK, RULE_OUTSIDE_SCOPE, RULE_PATH_TOO_DEEP, RULE_SCOPE_ROOT,
-    RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
+    FLAG_PATH_TRUNCATED, OP_BPF, OP_EXEC, OP_FORK, OP_LINK, OP_MOUNT, OP_OPEN_WRITE, OP_PTRACE,
+    OP_RENAME, OP_RMDIR, OP_SIGNAL, OP_TRUNCATE, OP_UNLINK, PATH_BUF_LEN, PATH_EXE, PATH_TARGET,
+    PATH_TARGET2, RULE_MOUNT, RULE_MULTI_LINK, RULE_NO_BPF, RULE_OUTSIDE_SCOPE,
+    RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP, RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL,
+    RULE_UNRESOLVED,
 };
 use serde::Serialize;
 
@@ -35,6 +36,9 @@ pub fn op_name(op: u32) -> Result<&'static str, DecodeError> {
         OP_FORK => "fork",
         OP_EXEC => "exec",
         OP_MOUNT => "mount",
+        OP_SIGNAL => "signal",
+        OP_PTRACE => "ptrace",
+        OP_BPF => "bpf",
         value => {
             return Err(DecodeError::Unknown {
                 field: "operation",
@@ -54,6 +58,8 @@ pub fn rule_name(rule: u32) -> Result<&'static str, DecodeError> {
         RULE_SESSION_TABLE_FULL => "session-table-full",
         RULE_SCOPE_ROOT => "scope-root",
         RULE_MOUNT => "no-mount",
+        RULE_OUTSIDE_SESSION => "target-outside-session",
+        RULE_NO_BPF => "no-bpf",
         value => {
             return Err(DecodeError::Unknown {
                 field: "rule",
@@ -91,6 +97,10 @@ pub struct Decision {
     pub paths: Vec<String>,
     pub truncated: bool,
     pub ktime_ns: u64,
+    /// Target process of signal and ptrace decisions.
+    pub target_pid: u32,
+    /// Signal number, ptrace mode or bpf command.
+    pub detail: u32,
 }
 
 /// Rebuilds an absolute path from the kernel's leaf-first, NUL-separated components.
@@ -171,6 +181,8 @@ impl Decision {
             paths,
             truncated,
             ktime_ns: h.ktime_ns,
+            target_pid: h.target_pid,
+            detail: h.detail,
         })
     }
 }
@@ -253,6 +265,14 @@ pub struct DecisionRecord<'a> {
     pub exe: Option<&'a str>,
     pub op: &'static str,
     pub paths: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ptrace_mode: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf_command: Option<u32>,
     pub decision: &'static str,
     pub rule: &'static str,
     pub errno: u32,
@@ -381,6 +401,8 @@ mod tests {
             uid: 0,
             gid: 0,
             flags: 0,
+            target_pid: 0,
+            detail: 0,
             ktime_ns: 5,
             comm: *b"mv\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
             path_len: [9, 6, 7],

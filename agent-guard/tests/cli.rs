@@ -18,10 +18,23 @@ fn policy_check_accepts_every_shipped_policy() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     assert!(files.len() >= 3);
-    let out = agent_guard().arg("policy").arg("check").args(&files).output().unwrap();
+    let out = agent_guard()
+        .arg("policy")
+        .arg("check")
+        .args(&files)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.lines().filter(|l| l.contains(": ok (")).count(), files.len(), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains(": ok (")).count(),
+        files.len(),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -31,11 +44,22 @@ fn policy_check_locates_every_problem() {
     std::fs::write(&bad_mode, "version = 1\nmode = \"yolo\"\n").unwrap();
     let bad_key = dir.path().join("bad-key.toml");
     std::fs::write(&bad_key, "[filesystem]\nwriteable = [\"/tmp\"]\n").unwrap();
-    let out = agent_guard().args(["policy", "check"]).arg(&bad_mode).arg(&bad_key).output().unwrap();
+    let out = agent_guard()
+        .args(["policy", "check"])
+        .arg(&bad_mode)
+        .arg(&bad_key)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}:2:8: unknown mode `yolo`", bad_mode.display())), "{stderr}");
-    assert!(stderr.contains(&format!("{}:2:1: ", bad_key.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:8: unknown mode `yolo`", bad_mode.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{}:2:1: ", bad_key.display())),
+        "{stderr}"
+    );
     assert_eq!(stderr.matches("hint: ").count(), 2, "{stderr}");
 }
 
@@ -56,7 +80,10 @@ fn run_with_a_bad_policy_never_starts_the_command() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}:2:13: ", policy.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:13: ", policy.display())),
+        "{stderr}"
+    );
     assert!(!marker.exists(), "the command ran despite the bad policy");
 }
 
@@ -84,12 +111,19 @@ fn run_never_starts_a_command_unguarded() {
     match out.status.code() {
         Some(125) => {
             assert!(!marker.exists(), "refused, yet the command ran: {stderr}");
-            assert!(stderr.contains("refusing to start the command unguarded") || stderr.contains("needs root"), "{stderr}");
+            assert!(
+                stderr.contains("refusing to start the command unguarded")
+                    || stderr.contains("needs root"),
+                "{stderr}"
+            );
             assert!(stderr.contains("hint:"), "no fix hint: {stderr}");
         }
         Some(0) => {
             assert!(marker.exists());
-            assert!(stderr.contains("agent-guard: session "), "guarded run without a summary: {stderr}");
+            assert!(
+                stderr.contains("agent-guard: session "),
+                "guarded run without a summary: {stderr}"
+            );
         }
         other => panic!("unexpected exit {other:?}: {stderr}"),
     }
