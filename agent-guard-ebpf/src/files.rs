@@ -345,18 +345,9 @@ pub fn file_truncate(ctx: LsmContext) -> i32 {
     truncate(session, file_path(ctx.arg::<*const u8>(0) as u64), allow)
 }
 
-/// `sb_mount(dev_name, path, type, flags, data)`: a session mounts nothing. A mount could
-/// place a filesystem that lies outside the scopes under a scope.
-#[lsm(hook = "sb_mount")]
-pub fn sb_mount(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(5);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
-    };
-    let target = ctx.arg::<*const u8>(1) as u64;
+/// Refuses a mount onto the `struct path` at `target` (a pointer from the hook's arguments).
+#[inline(always)]
+fn refuse_mount(session: u32, target: u64, allow: i32) -> i32 {
     let at = path_parts(target).map(|(mnt, dentry)| Location { mnt, dentry });
     let finding = Finding {
         op: OP_MOUNT,
@@ -370,6 +361,20 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
     decide(session, &finding, allow)
 }
 
+/// `sb_mount(dev_name, path, type, flags, data)`: a session mounts nothing. A mount could
+/// place a filesystem that lies outside the scopes under a scope.
+#[lsm(hook = "sb_mount")]
+pub fn sb_mount(ctx: LsmContext) -> i32 {
+    let allow: i32 = ctx.arg(5);
+    if allow != 0 {
+        return allow;
+    }
+    match current_session() {
+        Some(session) => refuse_mount(session, ctx.arg::<*const u8>(1) as u64, allow),
+        None => allow,
+    }
+}
+
 /// `move_mount(const struct path *from_path, const struct path *to_path)`: the new mount
 /// API's way to attach a mount; refused like `mount(2)`.
 #[lsm(hook = "move_mount")]
@@ -378,19 +383,8 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
     if allow != 0 {
         return allow;
     }
-    let Some(session) = current_session() else {
-        return allow;
-    };
-    let target = ctx.arg::<*const u8>(1) as u64;
-    let at = path_parts(target).map(|(mnt, dentry)| Location { mnt, dentry });
-    let finding = Finding {
-        op: OP_MOUNT,
-        rule: RULE_MOUNT,
-        errno: EPERM,
-        target: at.ok(),
-        target2: None,
-        target_pid: 0,
-        detail: 0,
-    };
-    decide(session, &finding, allow)
+    match current_session() {
+        Some(session) => refuse_mount(session, ctx.arg::<*const u8>(1) as u64, allow),
+        None => allow,
+    }
 }

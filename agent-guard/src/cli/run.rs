@@ -333,7 +333,13 @@ async fn supervise(
                     ready.clear_ready();
                 }
             }
-            Some(()) = async { int.as_mut()?.recv().await } => forward(Signal::SIGINT, command),
+            Some(()) = async { int.as_mut()?.recv().await } => {
+                // Ctrl-C at a terminal reaches the whole foreground process group, the
+                // command included; forwarding it too would deliver it twice.
+                if !terminal_foreground() {
+                    forward(Signal::SIGINT, command);
+                }
+            }
             Some(()) = async { term.as_mut()?.recv().await } => forward(Signal::SIGTERM, command),
             Some(()) = async { hup.as_mut()?.recv().await } => forward(Signal::SIGHUP, command),
             _ = tick.tick() => {
@@ -343,6 +349,12 @@ async fn supervise(
             }
         }
     }
+}
+
+/// Whether this process is in the foreground process group of the terminal on stdin.
+fn terminal_foreground() -> bool {
+    // SAFETY: plain libc calls on fd 0; tcgetpgrp fails harmlessly when it is no terminal.
+    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
 }
 
 /// Passes a signal on to the command and to every orphan of the session re-parented to us.
