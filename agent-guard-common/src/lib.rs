@@ -8,7 +8,7 @@
 
 use core::mem::size_of;
 
-/// Longest path the kernel side renders into an event, including the terminating NUL.
+/// Longest path the kernel side renders into an event.
 pub const PATH_BUF_LEN: usize = 4096;
 /// Longest single path component read from a dentry (NAME_MAX plus the NUL).
 pub const NAME_BUF_LEN: usize = 256;
@@ -27,7 +27,13 @@ pub const MAX_PENDING_ENROLMENTS: u32 = 256;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENT_RING_BYTES: u32 = 8 << 20;
 
-/// Number of path slots in an [`Event`].
+/// Bytes for the paths of one event. The paths follow one another; only the bytes used
+/// travel through the ring buffer, so a typical event is a few hundred bytes.
+pub const EVENT_DATA_LEN: usize = 16_384;
+const _: () =
+    assert!(EVENT_DATA_LEN.is_power_of_two() && EVENT_DATA_LEN >= EVENT_PATHS * PATH_BUF_LEN);
+
+/// Number of paths in an [`Event`].
 pub const EVENT_PATHS: usize = 3;
 /// Slot of the primary target (the victim of unlink, the source of rename or link).
 pub const PATH_TARGET: usize = 0;
@@ -97,11 +103,11 @@ pub const FLAG_PATH_TRUNCATED: u32 = 1;
 pub const EPERM: i32 = 1;
 pub const ENOMEM: i32 = 12;
 
-/// Fixed part of an event. Paths follow in [`Event::paths`].
+/// Fixed part of an event. Paths follow in [`Event::data`].
 ///
-/// A path slot holds the components of the path leaf first, each NUL-terminated, exactly
-/// as the kernel side met them walking towards the root; `path_len[i]` bytes are used.
-/// User space reverses them. An empty slot (`path_len == 0`) is absent.
+/// Path `i` takes `path_len[i]` bytes of `data`, right after path `i - 1`. It holds the
+/// components of the path leaf first, each NUL-terminated, exactly as the kernel side met
+/// them walking towards the root; user space reverses them. A path of length 0 is absent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct EventHeader {
@@ -131,14 +137,15 @@ pub struct EventHeader {
 }
 const _: () = assert!(size_of::<EventHeader>() == 88);
 
-/// One decision as it travels through the ring buffer.
+/// One decision as it is assembled; the ring buffer carries the header and the used part
+/// of `data` only.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Event {
     pub header: EventHeader,
-    pub paths: [[u8; PATH_BUF_LEN]; EVENT_PATHS],
+    pub data: [u8; EVENT_DATA_LEN],
 }
-const _: () = assert!(size_of::<Event>() == 88 + 3 * 4096);
+const _: () = assert!(size_of::<Event>() == 88 + EVENT_DATA_LEN);
 
 /// Key of the writable-scope table: a directory (or file) of one session, identified by the
 /// kernel's own identity of the inode, never by its name.

@@ -46,3 +46,7 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0
 /// is far larger than the 512-byte BPF stack.
 #[map]
 pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+/// State of the path rendering loop (see `scope::render`).
+#[map]
+pub static RENDER: PerCpuArray<crate::scope::RenderState> = PerCpuArray::with_max_entries(1, 0);

@@ -1,7 +1,10 @@
 //! Decisions: the verdict for a session's mode, and the event that reports it.
+use core::mem::size_of;
+
 use agent_guard_common::{
-    DECISION_AUDIT, DECISION_DENY, EPERM, EVENT_DECISION, FLAG_PATH_TRUNCATED, MODE_AUDIT,
-    PATH_EXE, PATH_TARGET, PATH_TARGET2, STAT_AUDITED, STAT_DENIED, STAT_LOST_EVENTS,
+    EventHeader, DECISION_AUDIT, DECISION_DENY, EPERM, EVENT_DATA_LEN, EVENT_DECISION,
+    FLAG_PATH_TRUNCATED, MODE_AUDIT, PATH_EXE, PATH_TARGET, PATH_TARGET2, STAT_AUDITED,
+    STAT_DENIED, STAT_LOST_EVENTS,
 };
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
@@ -113,21 +116,23 @@ fn emit(session: u32, finding: &Finding, decision: u32, errno: u32) {
         h.detail = finding.detail;
         h._pad = 0;
     }
+    // Paths follow one another in the data; each starts where the previous one ended.
     let mut lens = [0u16; 3];
     let mut flags = 0u32;
-    if let Some(at) = finding.target {
-        let (len, cut) = render(PATH_TARGET, at.mnt, at.dentry);
-        lens[PATH_TARGET] = len;
+    let mut used = 0usize;
+    let mut add = |slot: usize, at: Location| {
+        let (len, cut) = render(used, at.mnt, at.dentry);
+        lens[slot] = len;
+        used += len as usize;
         if cut {
-            flags |= FLAG_PATH_TRUNCATED << PATH_TARGET;
+            flags |= FLAG_PATH_TRUNCATED << slot;
         }
+    };
+    if let Some(at) = finding.target {
+        add(PATH_TARGET, at);
     }
     if let Some(at) = finding.target2 {
-        let (len, cut) = render(PATH_TARGET2, at.mnt, at.dentry);
-        lens[PATH_TARGET2] = len;
-        if cut {
-            flags |= FLAG_PATH_TRUNCATED << PATH_TARGET2;
-        }
+        add(PATH_TARGET2, at);
     }
     // The executable, from the task's mm: still right after the process has exited.
     let exe = read_u64(task, off!(task_mm)).and_then(|mm| {
@@ -140,24 +145,19 @@ fn emit(session: u32, finding: &Finding, decision: u32, errno: u32) {
     if let Ok(file) = exe {
         if file != 0 {
             if let Ok((mnt, dentry)) = path_parts(file_path(file)) {
-                let (len, cut) = render(PATH_EXE, mnt, dentry);
-                lens[PATH_EXE] = len;
-                if cut {
-                    flags |= FLAG_PATH_TRUNCATED << PATH_EXE;
-                }
+                add(PATH_EXE, Location { mnt, dentry });
             }
         }
     }
-    // SAFETY: as above; the path slots are complete.
-    let event = unsafe {
+    // SAFETY: as above; the paths are complete. Only the header and the used part of the
+    // data are copied into the ring buffer.
+    let record = unsafe {
         (*event).header.path_len = lens;
         (*event).header.flags = flags;
-        &*event
+        let len = size_of::<EventHeader>() + (used & (EVENT_DATA_LEN - 1));
+        core::slice::from_raw_parts(event as *const u8, len)
     };
-    if EVENTS
-        .output::<agent_guard_common::Event>(event, 0)
-        .is_err()
-    {
+    if EVENTS.output::<[u8]>(record, 0).is_err() {
         // The decision above stands; only its report is lost, and that is counted.
         bump(STAT_LOST_EVENTS);
     }

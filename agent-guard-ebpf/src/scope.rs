@@ -11,8 +11,8 @@
 //! following every iteration of every path, which keeps the programs well inside its limits
 //! on kernels from 6.1 on.
 use agent_guard_common::{
-    ScopeKey, MAX_PATH_DEPTH, NAME_BUF_LEN, PATH_BUF_LEN, RULE_OUTSIDE_SCOPE, RULE_PATH_TOO_DEEP,
-    RULE_SCOPE_ROOT, RULE_UNRESOLVED,
+    ScopeKey, EVENT_DATA_LEN, MAX_PATH_DEPTH, NAME_BUF_LEN, PATH_BUF_LEN, RULE_OUTSIDE_SCOPE,
+    RULE_PATH_TOO_DEEP, RULE_SCOPE_ROOT, RULE_UNRESOLVED,
 };
 use core::ffi::c_void;
 
@@ -20,7 +20,7 @@ use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
 
 use crate::{
     kernel::{inode_identity, mounted_on, off, read_u64, Unreadable},
-    maps::{SCOPES, SCRATCH},
+    maps::{RENDER, SCOPES, SCRATCH},
 };
 
 /// State of the scope walk, shared with its `bpf_loop` callback.
@@ -136,11 +136,14 @@ pub fn check_not_scope_root(session: u32, dentry: u64) -> Result<(), u32> {
     }
 }
 
-/// State of the path rendering, shared with its `bpf_loop` callback.
+/// State of the path rendering, kept in the per-CPU `RENDER` map rather than on the stack:
+/// values read back from a map are opaque to the verifier, so it checks the callback once
+/// instead of following the growing length through every iteration (6.8+ verify callbacks
+/// as loops).
 #[repr(C)]
-struct RenderState {
-    /// Which path slot of the scratch event to fill.
-    slot: u32,
+pub struct RenderState {
+    /// Where in the scratch event's data this path starts.
+    base: u32,
     /// 0 while rendering, 1 when complete, 2 when cut short.
     status: u32,
     used: u64,
@@ -152,35 +155,43 @@ const RENDERING: u32 = 0;
 const COMPLETE: u32 = 1;
 const CUT: u32 = 2;
 
-/// Writes the path of `dentry` as seen through `mnt` into path slot `slot` of the scratch
-/// event, components leaf first and each NUL-terminated (user space reverses them). Returns
-/// the bytes used and whether the path was cut short by the buffer or the depth bound.
+/// Writes the path of `dentry` as seen through `mnt` into the scratch event's data at
+/// `base`, components leaf first and each NUL-terminated (user space reverses them).
+/// Returns the bytes used and whether the path was cut short by the buffer, the path length
+/// bound or the depth bound.
 #[inline(always)]
-pub fn render(slot: usize, mnt: u64, dentry: u64) -> (u16, bool) {
-    let mut state = RenderState {
-        slot: slot as u32,
-        status: RENDERING,
-        used: 0,
-        dentry,
-        mnt,
+pub fn render(base: usize, mnt: u64, dentry: u64) -> (u16, bool) {
+    let Some(state) = RENDER.get_ptr_mut(0) else {
+        return (0, true);
     };
-    // SAFETY: the callback only touches `state` and the scratch event.
+    // SAFETY: the per-CPU slot belongs to this program run.
     unsafe {
+        *state = RenderState {
+            base: base as u32,
+            status: RENDERING,
+            used: 0,
+            dentry,
+            mnt,
+        };
+        // The callback finds its state in the map; it needs no context pointer.
         bpf_loop(
             MAX_PATH_DEPTH,
             render_step as *mut c_void,
-            (&mut state as *mut RenderState).cast(),
+            core::ptr::null_mut(),
             0,
-        )
-    };
-    (state.used as u16, state.status != COMPLETE)
+        );
+        ((*state).used as u16, (*state).status != COMPLETE)
+    }
 }
 
 /// One component of the rendering. Returns 1 to stop the loop.
 #[inline(never)]
-extern "C" fn render_step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the RenderState that render passed to bpf_loop.
-    let state = unsafe { &mut *ctx.cast::<RenderState>() };
+extern "C" fn render_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(state) = RENDER.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU slot belongs to this program run.
+    let state = unsafe { &mut *state };
     match render_one(state) {
         Ok(()) if state.status == RENDERING => 0,
         Ok(()) => 1,
@@ -207,8 +218,9 @@ fn render_one(state: &mut RenderState) -> Result<(), Unreadable> {
         return Ok(());
     }
     let name = read_u64(d, off!(dentry_d_name) + off!(qstr_name))?;
-    let at = (state.used as usize) & (PATH_BUF_LEN - 1);
-    if at > PATH_BUF_LEN - NAME_BUF_LEN {
+    let used = state.used as usize;
+    let at = (state.base as usize + used) & (EVENT_DATA_LEN - 1);
+    if used > PATH_BUF_LEN - NAME_BUF_LEN || at > EVENT_DATA_LEN - NAME_BUF_LEN {
         state.status = CUT;
         return Ok(());
     }
@@ -218,16 +230,11 @@ fn render_one(state: &mut RenderState) -> Result<(), Unreadable> {
     };
     // SAFETY: the per-CPU scratch event belongs to this program run.
     let event = unsafe { &mut *event };
-    let buf = match state.slot {
-        0 => &mut event.paths[0],
-        1 => &mut event.paths[1],
-        _ => &mut event.paths[2],
-    };
-    // SAFETY: `at + NAME_BUF_LEN <= PATH_BUF_LEN`, so the helper writes inside `buf`; it
-    // reads kernel memory safely and NUL-terminates what it wrote.
+    // SAFETY: `at + NAME_BUF_LEN <= EVENT_DATA_LEN`, so the helper writes inside the data;
+    // it reads kernel memory safely and NUL-terminates what it wrote.
     let n = unsafe {
         bpf_probe_read_kernel_str(
-            buf.as_mut_ptr().add(at).cast(),
+            event.data.as_mut_ptr().add(at).cast(),
             NAME_BUF_LEN as u32,
             name as *const _,
         )
@@ -236,7 +243,7 @@ fn render_one(state: &mut RenderState) -> Result<(), Unreadable> {
         state.status = CUT;
         return Ok(());
     }
-    state.used = (at + n as usize) as u64;
+    state.used = (used + n as usize) as u64;
     state.dentry = parent;
     Ok(())
 }

@@ -7,12 +7,11 @@ use std::{
 };
 
 use agent_guard_common::{
-    Event, EventHeader, DECISION_AUDIT, DECISION_DENY, EVENT_DECISION, EVENT_PATHS,
+    Event, EventHeader, DECISION_AUDIT, DECISION_DENY, EVENT_DATA_LEN, EVENT_DECISION, EVENT_PATHS,
     FLAG_PATH_TRUNCATED, OP_BPF, OP_EXEC, OP_FORK, OP_LINK, OP_MOUNT, OP_OPEN_WRITE, OP_PTRACE,
-    OP_RENAME, OP_RMDIR, OP_SIGNAL, OP_TRUNCATE, OP_UNLINK, PATH_BUF_LEN, PATH_EXE, PATH_TARGET,
-    PATH_TARGET2, RULE_MOUNT, RULE_MULTI_LINK, RULE_NO_BPF, RULE_OUTSIDE_SCOPE,
-    RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP, RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL,
-    RULE_UNRESOLVED,
+    OP_RENAME, OP_RMDIR, OP_SIGNAL, OP_TRUNCATE, OP_UNLINK, PATH_EXE, PATH_TARGET, PATH_TARGET2,
+    RULE_MOUNT, RULE_MULTI_LINK, RULE_NO_BPF, RULE_OUTSIDE_SCOPE, RULE_OUTSIDE_SESSION,
+    RULE_PATH_TOO_DEEP, RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
 };
 use serde::Serialize;
 
@@ -149,13 +148,19 @@ impl Decision {
                 })
             }
         };
+        // Paths follow one another after the header.
+        let mut starts = [0usize; EVENT_PATHS];
+        let mut next = header_len;
+        for (slot, start) in starts.iter_mut().enumerate() {
+            *start = next;
+            next += h.path_len[slot] as usize;
+        }
         let path = |slot: usize| -> Option<String> {
-            let len = (h.path_len[slot] as usize).min(PATH_BUF_LEN);
+            let len = h.path_len[slot] as usize;
             if len == 0 {
                 return None;
             }
-            let start = header_len + slot * PATH_BUF_LEN;
-            let raw = bytes.get(start..start + len)?;
+            let raw = bytes.get(starts[slot]..starts[slot] + len)?;
             Some(path_from_components(raw))
         };
         let mut paths = Vec::new();
@@ -187,7 +192,7 @@ impl Decision {
     }
 }
 
-const _: () = assert!(size_of::<Event>() == size_of::<EventHeader>() + EVENT_PATHS * PATH_BUF_LEN);
+const _: () = assert!(size_of::<Event>() == size_of::<EventHeader>() + EVENT_DATA_LEN);
 
 /// Converts the kernel's monotonic timestamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
@@ -412,8 +417,10 @@ mod tests {
         unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), header) };
         let base = size_of::<EventHeader>();
         bytes[base..base + 9].copy_from_slice(b"db\0prod\0\0");
-        bytes[base + PATH_BUF_LEN..base + PATH_BUF_LEN + 6].copy_from_slice(b"x\0tmp\0");
-        bytes[base + 2 * PATH_BUF_LEN..base + 2 * PATH_BUF_LEN + 7].copy_from_slice(b"mv\0bin\0");
+        bytes[base + 9..base + 15].copy_from_slice(b"x\0tmp\0");
+        bytes[base + 15..base + 22].copy_from_slice(b"mv\0bin\0");
+        // Only the used bytes travel.
+        bytes.truncate(base + 22);
         bytes
     }
 

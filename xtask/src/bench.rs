@@ -14,14 +14,14 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context as _};
 
 use crate::{
-    build::{agent_guard_bin, bin, build_all},
+    build::{build_release, release_bin},
     setup::{kernel_image, setup, Verbosity},
     vm,
 };
 
 pub fn bench(iterations: u32, repetitions: u32) -> anyhow::Result<()> {
     setup(Verbosity::Quiet)?;
-    build_all()?;
+    build_release()?;
     let kernel = kernel_image("6.12").context("no 6.12 kernel; run `cargo xtask setup`")?;
     let script = format!(
         r#"set -eu
@@ -41,8 +41,8 @@ for r in $(seq {repetitions}); do
   kill -TERM $RUN; wait $RUN || true; rm -f $B/ws/ready
 done
 "#,
-        ag = agent_guard_bin().display(),
-        bench = bin("ag-bench").display(),
+        ag = release_bin("agent-guard").display(),
+        bench = release_bin("ag-bench").display(),
     );
     let run = vm::run(&kernel, None, &script, "bench", 30 * 60)?;
     if !run.success {

@@ -32,12 +32,35 @@ pub fn build_all() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn agent_guard_bin() -> PathBuf {
-    workspace_root().join("target/debug/agent-guard")
+/// Builds the binaries a benchmark runs, optimized.
+pub fn build_release() -> anyhow::Result<()> {
+    let status = cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "agent-guard",
+            "-p",
+            "xtask",
+            "--bin",
+            "agent-guard",
+            "--bin",
+            "ag-bench",
+        ])
+        .status()
+        .context("running cargo build --release")?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    Ok(())
 }
 
-pub fn bin(name: &str) -> PathBuf {
-    workspace_root().join("target/debug").join(name)
+pub fn release_bin(name: &str) -> PathBuf {
+    workspace_root().join("target/release").join(name)
+}
+
+pub fn agent_guard_bin() -> PathBuf {
+    workspace_root().join("target/debug/agent-guard")
 }
 
 /// Builds an integration-test target without running it and returns its executable.

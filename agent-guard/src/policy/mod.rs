@@ -178,7 +178,7 @@ impl Policy {
                 (
                     paths(fs.writable, "writable")?,
                     paths(fs.writable_devices, "writable_devices")?,
-                    fs.terminals.map_or(true, |t| *t.get_ref()),
+                    fs.terminals.is_none_or(|t| *t.get_ref()),
                 )
             }
             None => (Vec::new(), Vec::new(), true),
