@@ -55,6 +55,10 @@ pub const OP_MOUNT: u32 = 9;
 pub const OP_SIGNAL: u32 = 10;
 pub const OP_PTRACE: u32 = 11;
 pub const OP_BPF: u32 = 12;
+pub const OP_CHMOD: u32 = 13;
+pub const OP_CHOWN: u32 = 14;
+pub const OP_SETXATTR: u32 = 15;
+pub const OP_REMOVEXATTR: u32 = 16;
 
 // Decisions (Event::decision).
 /// The operation was refused with `Event::errno`.
@@ -196,8 +200,14 @@ pub struct KernelOffsets {
     pub task_tgid: u32,
     pub task_mm: u32,
     pub mm_exe_file: u32,
+    pub super_block_s_magic: u32,
+    pub proc_inode_pid: u32,
+    pub proc_inode_vfs_inode: u32,
+    pub pid_tasks: u32,
+    pub task_pid_links: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 22 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 28 * 4);
 
 /// Statistics slots in the per-CPU `STATS` array.
 pub const STAT_LOST_EVENTS: u32 = 0;

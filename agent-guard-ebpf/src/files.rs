@@ -4,13 +4,16 @@
 //! Each hook returns the verdict it was given when it has nothing to refuse, so it composes
 //! with the other LSMs, and never overrides an earlier refusal.
 use agent_guard_common::{
-    EPERM, OP_LINK, OP_MOUNT, OP_OPEN_WRITE, OP_RENAME, OP_RMDIR, OP_TRUNCATE, OP_UNLINK,
-    RULE_MOUNT, RULE_MULTI_LINK, RULE_UNRESOLVED,
+    EPERM, OP_CHMOD, OP_CHOWN, OP_LINK, OP_MOUNT, OP_OPEN_WRITE, OP_REMOVEXATTR, OP_RENAME,
+    OP_RMDIR, OP_SETXATTR, OP_TRUNCATE, OP_UNLINK, RULE_MOUNT, RULE_MULTI_LINK, RULE_UNRESOLVED,
 };
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
-    kernel::{file_path, off, path_parts, read_u16, read_u32, read_u64, Unreadable},
+    guard::in_session,
+    kernel::{
+        file_path, off, path_parts, proc_inode_task, read_u16, read_u32, read_u64, Unreadable,
+    },
     maps::DEVICES,
     report::{decide, deny_at, Finding, Location},
     scope::{check_inside, check_not_scope_root},
@@ -231,6 +234,14 @@ fn check_writable(session: u32, mnt: u64, dentry: u64) -> Result<(), u32> {
             if nlink == 0 {
                 return Ok(());
             }
+            // A session's own processes' /proc files (comm, oom_score_adj, uid_map for
+            // `unshare -r`, attr/...) stay writable; other processes' and the kernel's
+            // knobs (/proc/sys, /proc/sysrq-trigger) do not.
+            if let Ok(Some(task)) = proc_inode_task(dentry) {
+                if in_session(task, session) {
+                    return Ok(());
+                }
+            }
             check_inside(session, mnt, dentry)?;
             if nlink > 1 {
                 return Err(RULE_MULTI_LINK);
@@ -387,4 +398,97 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
         Some(session) => refuse_mount(session, ctx.arg::<*const u8>(1) as u64, allow),
         None => allow,
     }
+}
+
+/// Refuses an attribute change (mode, owner, xattr) of `dentry` outside the scopes. Any file
+/// type counts: `chmod 000` on a directory destroys access as surely as on a file.
+#[inline(always)]
+fn attribute_change(session: u32, op: u32, mnt: u64, dentry: u64, allow: i32) -> i32 {
+    match check_inside(session, mnt, dentry) {
+        Ok(()) => allow,
+        Err(rule) => deny_at(session, op, rule, Location { mnt, dentry }, allow),
+    }
+}
+
+/// [`attribute_change`] of the object at the `struct path` pointer `path`.
+#[inline(always)]
+fn attribute_change_at(session: u32, op: u32, path: u64, allow: i32) -> i32 {
+    match path_parts(path) {
+        Ok((mnt, dentry)) => attribute_change(session, op, mnt, dentry, allow),
+        Err(Unreadable) => deny_at(
+            session,
+            op,
+            RULE_UNRESOLVED,
+            Location { mnt: 0, dentry: 0 },
+            allow,
+        ),
+    }
+}
+
+/// `path_chmod(const struct path *path, umode_t mode)`: chmod, fchmod, fchmodat.
+#[lsm(hook = "path_chmod")]
+pub fn path_chmod(ctx: LsmContext) -> i32 {
+    let allow: i32 = ctx.arg(2);
+    if allow != 0 {
+        return allow;
+    }
+    let Some(session) = current_session() else {
+        return allow;
+    };
+    attribute_change_at(session, OP_CHMOD, ctx.arg::<*const u8>(0) as u64, allow)
+}
+
+/// `path_chown(const struct path *path, kuid_t uid, kgid_t gid)`: chown and friends.
+#[lsm(hook = "path_chown")]
+pub fn path_chown(ctx: LsmContext) -> i32 {
+    let allow: i32 = ctx.arg(3);
+    if allow != 0 {
+        return allow;
+    }
+    let Some(session) = current_session() else {
+        return allow;
+    };
+    attribute_change_at(session, OP_CHOWN, ctx.arg::<*const u8>(0) as u64, allow)
+}
+
+/// `inode_setxattr(idmap, struct dentry *dentry, name, value, size, flags)`. The hook has
+/// no mount, so the walk cannot step out of the dentry's filesystem: a target whose scope
+/// lies on another filesystem is refused as outside (fail closed), and its event path is
+/// known up to that filesystem's root only.
+#[lsm(hook = "inode_setxattr")]
+pub fn inode_setxattr(ctx: LsmContext) -> i32 {
+    let allow: i32 = ctx.arg(6);
+    if allow != 0 {
+        return allow;
+    }
+    let Some(session) = current_session() else {
+        return allow;
+    };
+    attribute_change(
+        session,
+        OP_SETXATTR,
+        0,
+        ctx.arg::<*const u8>(1) as u64,
+        allow,
+    )
+}
+
+/// `inode_removexattr(idmap, struct dentry *dentry, const char *name)`; see
+/// `inode_setxattr` for the missing mount.
+#[lsm(hook = "inode_removexattr")]
+pub fn inode_removexattr(ctx: LsmContext) -> i32 {
+    let allow: i32 = ctx.arg(3);
+    if allow != 0 {
+        return allow;
+    }
+    let Some(session) = current_session() else {
+        return allow;
+    };
+    attribute_change(
+        session,
+        OP_REMOVEXATTR,
+        0,
+        ctx.arg::<*const u8>(1) as u64,
+        allow,
+    )
 }

@@ -19,7 +19,7 @@ const PTRACE_MODE_ATTACH: u32 = 0x02;
 
 /// Whether `task` belongs to `session`.
 #[inline(always)]
-fn in_session(task: u64, session: u32) -> bool {
+pub fn in_session(task: u64, session: u32) -> bool {
     // SAFETY: u32 value.
     unsafe { TASKS.get(&task) }.is_some_and(|s| *s == session)
 }

@@ -29,6 +29,12 @@ pub(crate) static AG_OFFSETS: KernelOffsets = KernelOffsets {
     task_tgid: 0,
     task_mm: 0,
     mm_exe_file: 0,
+    super_block_s_magic: 0,
+    proc_inode_pid: 0,
+    proc_inode_vfs_inode: 0,
+    pid_tasks: 0,
+    task_pid_links: 0,
+    _pad: 0,
 };
 
 /// The offset of one kernel field, as user space set it.
@@ -118,4 +124,33 @@ pub fn mounted_on(mnt: u64) -> Result<Option<MountPoint>, Unreadable> {
         parent_mnt: parent + off!(mount_mnt),
         mountpoint: read_u64(mount, off!(mount_mnt_mountpoint))?,
     }))
+}
+
+/// `PROC_SUPER_MAGIC`: the superblock magic of procfs.
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+
+/// The task a procfs inode describes (`/proc/PID/...`, `/proc/PID/task/TID/...`), or `None`
+/// for any other inode, including procfs files that belong to no process (`/proc/sys`,
+/// `/proc/sysrq-trigger`).
+#[inline(always)]
+pub fn proc_inode_task(dentry: u64) -> Result<Option<u64>, Unreadable> {
+    let sb = read_u64(dentry, off!(dentry_d_sb))?;
+    if read_u64(sb, off!(super_block_s_magic))? != PROC_SUPER_MAGIC {
+        return Ok(None);
+    }
+    let inode = read_u64(dentry, off!(dentry_d_inode))?;
+    if inode == 0 {
+        return Ok(None);
+    }
+    // container_of(inode, struct proc_inode, vfs_inode)->pid
+    let pid = read_u64(inode - off!(proc_inode_vfs_inode), off!(proc_inode_pid))?;
+    if pid == 0 {
+        return Ok(None);
+    }
+    // pid->tasks[PIDTYPE_PID].first is the task's pid_links[PIDTYPE_PID].
+    let first = read_u64(pid, off!(pid_tasks))?;
+    if first == 0 {
+        return Ok(None);
+    }
+    Ok(Some(first - off!(task_pid_links)))
 }

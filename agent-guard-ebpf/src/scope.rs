@@ -99,8 +99,14 @@ fn step(state: &mut WalkState) -> Result<bool, Unreadable> {
         state.dentry = parent;
         return Ok(false);
     }
-    // The root of this filesystem. Step into the mount that shows it whole; a mount that
-    // shows only a subtree (a bind mount) does not say where this root lives.
+    // The root of this filesystem. Without a mount (the xattr hooks pass none) the walk
+    // ends here: no scope on this filesystem holds the target.
+    if state.mnt == 0 {
+        state.verdict = RULE_OUTSIDE_SCOPE;
+        return Ok(true);
+    }
+    // Step into the mount that shows it whole; a mount that shows only a subtree (a bind
+    // mount) does not say where this root lives.
     let mnt_root = read_u64(state.mnt, off!(vfsmount_mnt_root))?;
     if mnt_root != d {
         state.verdict = RULE_OUTSIDE_SCOPE;
@@ -206,7 +212,16 @@ extern "C" fn render_step(_index: u64, _ctx: *mut c_void) -> i64 {
 fn render_one(state: &mut RenderState) -> Result<(), Unreadable> {
     let d = state.dentry;
     let parent = read_u64(d, off!(dentry_d_parent))?;
-    let mnt_root = read_u64(state.mnt, off!(vfsmount_mnt_root))?;
+    if state.mnt == 0 && d == parent {
+        // No mount given: the path is known up to its filesystem's root only.
+        state.status = CUT;
+        return Ok(());
+    }
+    let mnt_root = if state.mnt == 0 {
+        0
+    } else {
+        read_u64(state.mnt, off!(vfsmount_mnt_root))?
+    };
     if d == mnt_root || d == parent {
         match mounted_on(state.mnt)? {
             Some(up) => {

@@ -81,6 +81,23 @@ const HOOKS: &[Hook] = &[
         program: "move_mount",
         required: true,
     },
+    // Attribute changes: mode, owner, extended attributes.
+    Hook {
+        program: "path_chmod",
+        required: true,
+    },
+    Hook {
+        program: "path_chown",
+        required: true,
+    },
+    Hook {
+        program: "inode_setxattr",
+        required: true,
+    },
+    Hook {
+        program: "inode_removexattr",
+        required: true,
+    },
     // Self-protection: no signals or ptrace outside the session, no bpf(2).
     Hook {
         program: "task_kill",

@@ -8,10 +8,11 @@ use std::{
 
 use agent_guard_common::{
     Event, EventHeader, DECISION_AUDIT, DECISION_DENY, EVENT_DATA_LEN, EVENT_DECISION, EVENT_PATHS,
-    FLAG_PATH_TRUNCATED, OP_BPF, OP_EXEC, OP_FORK, OP_LINK, OP_MOUNT, OP_OPEN_WRITE, OP_PTRACE,
-    OP_RENAME, OP_RMDIR, OP_SIGNAL, OP_TRUNCATE, OP_UNLINK, PATH_EXE, PATH_TARGET, PATH_TARGET2,
-    RULE_MOUNT, RULE_MULTI_LINK, RULE_NO_BPF, RULE_OUTSIDE_SCOPE, RULE_OUTSIDE_SESSION,
-    RULE_PATH_TOO_DEEP, RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
+    FLAG_PATH_TRUNCATED, OP_BPF, OP_CHMOD, OP_CHOWN, OP_EXEC, OP_FORK, OP_LINK, OP_MOUNT,
+    OP_OPEN_WRITE, OP_PTRACE, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SETXATTR, OP_SIGNAL,
+    OP_TRUNCATE, OP_UNLINK, PATH_EXE, PATH_TARGET, PATH_TARGET2, RULE_MOUNT, RULE_MULTI_LINK,
+    RULE_NO_BPF, RULE_OUTSIDE_SCOPE, RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP, RULE_SCOPE_ROOT,
+    RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
 };
 use serde::Serialize;
 
@@ -38,6 +39,10 @@ pub fn op_name(op: u32) -> Result<&'static str, DecodeError> {
         OP_SIGNAL => "signal",
         OP_PTRACE => "ptrace",
         OP_BPF => "bpf",
+        OP_CHMOD => "chmod",
+        OP_CHOWN => "chown",
+        OP_SETXATTR => "setxattr",
+        OP_REMOVEXATTR => "removexattr",
         value => {
             return Err(DecodeError::Unknown {
                 field: "operation",
@@ -161,7 +166,10 @@ impl Decision {
                 return None;
             }
             let raw = bytes.get(starts[slot]..starts[slot] + len)?;
-            Some(path_from_components(raw))
+            let path = path_from_components(raw);
+            // A path cut short lacks its top: say so rather than pass it off as absolute.
+            let cut = h.flags & (FLAG_PATH_TRUNCATED << slot) != 0;
+            Some(if cut { format!("…{path}") } else { path })
         };
         let mut paths = Vec::new();
         for slot in [PATH_TARGET, PATH_TARGET2] {
@@ -437,6 +445,15 @@ mod tests {
         assert_eq!(event.exe.as_deref(), Some("/bin/mv"));
         assert_eq!(event.comm, "mv");
         assert_eq!(event.ppid, 9);
+    }
+
+    #[test]
+    fn truncated_paths_are_marked() {
+        let mut bytes = sample_event();
+        bytes[44..48].copy_from_slice(&FLAG_PATH_TRUNCATED.to_ne_bytes()); // flags
+        let event = Decision::decode(&bytes).unwrap();
+        assert_eq!(event.paths[0], "…/prod/db");
+        assert!(event.truncated);
     }
 
     #[test]

@@ -285,6 +285,12 @@ impl KernelBtf {
             task_tgid: self.offset_of("task_struct", "tgid")?,
             task_mm: self.offset_of("task_struct", "mm")?,
             mm_exe_file: self.offset_of("mm_struct", "exe_file")?,
+            super_block_s_magic: self.offset_of("super_block", "s_magic")?,
+            proc_inode_pid: self.offset_of("proc_inode", "pid")?,
+            proc_inode_vfs_inode: self.offset_of("proc_inode", "vfs_inode")?,
+            pid_tasks: self.offset_of("pid", "tasks")?,
+            task_pid_links: self.offset_of("task_struct", "pid_links")?,
+            _pad: 0,
         })
     }
 }
