@@ -1,1 +1,549 @@
-fn main() {}
+//! `ag-probe`: performs exactly one filesystem operation with raw system calls and says how
+//! the kernel answered. The kernel-tier tests run it inside guarded sessions (and outside
+//! them, as the bystander that must not be affected).
+//!
+//! ```text
+//! ag-probe OP ARGS...
+//! ```
+//!
+//! It prints one line, `RESULT pid=PID ppid=PPID`, where RESULT is `ok` or the errno name
+//! (`EPERM`, `ENOENT`, ...), and exits 0 for `ok`, 1 for EPERM, 2 for any other errno and
+//! 64 for a usage error. The pid and ppid let a test find the event the kernel reported
+//! for this very process.
+//!
+//! Raw system calls rather than `std::fs`, so that each operation is one syscall the test
+//! names (std may retry, fall back or add flags).
+use std::{
+    ffi::{CString, OsStr, OsString},
+    io::Write as _,
+    os::unix::ffi::OsStrExt as _,
+    time::Duration,
+};
+
+use io_uring::{opcode, types, IoUring};
+
+const USAGE: &str = "\
+usage: ag-probe OP ARGS...
+  unlink PATH                 unlink(2)
+  rmdir PATH                  rmdir(2)
+  rename FROM TO              rename(2)
+  exchange A B                renameat2(2) with RENAME_EXCHANGE
+  truncate PATH               truncate(2) to 0 bytes
+  ftruncate PATH              open(2) O_WRONLY, then ftruncate(2) to 0 bytes
+  ftruncate-fd FD             ftruncate(2) to 0 bytes on an inherited descriptor
+  open-trunc PATH rdonly|wronly   open(2) with O_TRUNC
+  open-write PATH [TEXT]      open(2) an existing file O_WRONLY, write TEXT (default: a line)
+  create PATH                 open(2) O_CREAT|O_EXCL|O_WRONLY, write a line
+  link EXISTING NEW           link(2)
+  chmod PATH MODE             chmod(2), MODE in octal
+  chown PATH UID GID          chown(2)
+  setxattr PATH NAME VALUE    setxattr(2)
+  punch-hole PATH             open(2) O_WRONLY, then fallocate(2) PUNCH_HOLE over the file
+  punch-hole-fd FD            fallocate(2) PUNCH_HOLE on an inherited descriptor
+  mmap-write PATH             open(2) O_RDWR, mmap(2) it shared and writable, write a line
+  copy-into SRC DST           copy_file_range(2) from SRC into DST opened O_WRONLY
+  mount-bind SRC DST          mount(2) MS_BIND
+  mount-tmpfs DST             mount(2) a tmpfs
+  move-mount SRC DST          open_tree(2) OPEN_TREE_CLONE, then move_mount(2)
+  memfd                       memfd_create(2), reopen /proc/self/fd/N O_WRONLY, write, ftruncate
+  unlink-many PATH COUNT      unlink(2) COUNT times; the result of the first call that
+                              answers differently from the first, or the common answer
+  uring-unlink PATH           IORING_OP_UNLINKAT
+  uring-rename FROM TO        IORING_OP_RENAMEAT
+  uring-open-trunc PATH       IORING_OP_OPENAT with O_WRONLY|O_TRUNC
+  daemon RESULT DELAY_MS OP ARGS...
+                              double fork + setsid, detach from stdio, wait DELAY_MS, run OP
+                              and write its result line to the new file RESULT";
+
+/// What `open-write` and `create` write, so a test can tell a modified file from an intact one.
+const WRITTEN: &[u8] = b"written by ag-probe\n";
+
+/// `OPEN_TREE_CLONE` and `MOVE_MOUNT_F_EMPTY_PATH` from <linux/mount.h>.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// An errno, as returned by a failed system call.
+type Errno = i32;
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let outcome = match perform(&args) {
+        Some(outcome) => outcome,
+        None => {
+            eprintln!("{USAGE}");
+            std::process::exit(64);
+        }
+    };
+    println!("{}", result_line(outcome));
+    std::process::exit(exit_code(outcome));
+}
+
+/// Runs the operation named by `args`; `None` for a usage error.
+fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
+    let (op, rest) = args.split_first()?;
+    let op = op.to_str()?;
+    if op == "daemon" {
+        let (result, rest) = rest.split_first()?;
+        let (delay, op) = rest.split_first()?;
+        let delay = Duration::from_millis(delay.to_str()?.parse().ok()?);
+        // Refuse what cannot work before forking, so the caller sees the usage error.
+        if op.is_empty() || op[0] == "daemon" {
+            return None;
+        }
+        return Some(daemon(&cstr(result), delay, op));
+    }
+    let arity = match op {
+        "memfd" => 0,
+        "open-write" if rest.len() == 2 => 2,
+        "unlink" | "rmdir" | "truncate" | "ftruncate" | "ftruncate-fd" | "open-write"
+        | "create" | "mount-tmpfs" | "uring-unlink" | "uring-open-trunc" | "punch-hole"
+        | "punch-hole-fd" | "mmap-write" => 1,
+        "rename" | "exchange" | "open-trunc" | "link" | "mount-bind" | "move-mount"
+        | "uring-rename" | "chmod" | "copy-into" | "unlink-many" => 2,
+        "chown" | "setxattr" => 3,
+        _ => return None,
+    };
+    if rest.len() != arity {
+        return None;
+    }
+    let a: Vec<CString> = rest.iter().map(|arg| cstr(arg)).collect();
+    Some(match op {
+        "unlink" => unlink(&a[0]),
+        "rmdir" => rmdir(&a[0]),
+        "rename" => rename(&a[0], &a[1], 0),
+        "exchange" => rename(&a[0], &a[1], libc::RENAME_EXCHANGE),
+        "truncate" => truncate(&a[0]),
+        "ftruncate" => ftruncate_path(&a[0]),
+        "ftruncate-fd" => ftruncate_fd(rest[0].to_str()?.parse().ok()?),
+        "open-trunc" => {
+            let access = match rest[1].to_str()? {
+                "rdonly" => libc::O_RDONLY,
+                "wronly" => libc::O_WRONLY,
+                _ => return None,
+            };
+            open_close(&a[0], access | libc::O_TRUNC)
+        }
+        "open-write" => {
+            let text = rest.get(1).map_or(WRITTEN, |t| t.as_bytes());
+            open_write(&a[0], 0, text)
+        }
+        "create" => open_write(&a[0], libc::O_CREAT | libc::O_EXCL, WRITTEN),
+        "link" => link(&a[0], &a[1]),
+        "chmod" => chmod(&a[0], u32::from_str_radix(rest[1].to_str()?, 8).ok()?),
+        "chown" => chown(
+            &a[0],
+            rest[1].to_str()?.parse().ok()?,
+            rest[2].to_str()?.parse().ok()?,
+        ),
+        "setxattr" => setxattr(&a[0], &a[1], rest[2].as_bytes()),
+        "punch-hole" => open(&a[0], libc::O_WRONLY).and_then(|fd| {
+            let result = punch_hole(fd);
+            close(fd);
+            result
+        }),
+        "punch-hole-fd" => punch_hole(rest[0].to_str()?.parse().ok()?),
+        "mmap-write" => mmap_write(&a[0]),
+        "copy-into" => copy_into(&a[0], &a[1]),
+        "mount-bind" => mount_bind(&a[0], &a[1]),
+        "mount-tmpfs" => mount_tmpfs(&a[0]),
+        "move-mount" => move_mount(&a[0], &a[1]),
+        "memfd" => memfd(),
+        "unlink-many" => unlink_many(&a[0], rest[1].to_str()?.parse().ok()?),
+        "uring-unlink" => uring_unlink(&a[0]),
+        "uring-rename" => uring_rename(&a[0], &a[1]),
+        "uring-open-trunc" => uring_open_trunc(&a[0]),
+        _ => return None,
+    })
+}
+
+fn cstr(s: &OsStr) -> CString {
+    CString::new(s.as_bytes()).expect("arguments cannot contain NUL bytes")
+}
+
+fn result_line(outcome: Result<(), Errno>) -> String {
+    // SAFETY: getpid and getppid cannot fail.
+    let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
+    let result = match outcome {
+        Ok(()) => "ok".to_owned(),
+        Err(errno) => errno_name(errno),
+    };
+    format!("{result} pid={pid} ppid={ppid}")
+}
+
+fn exit_code(outcome: Result<(), Errno>) -> i32 {
+    match outcome {
+        Ok(()) => 0,
+        Err(libc::EPERM) => 1,
+        Err(_) => 2,
+    }
+}
+
+fn errno_name(errno: Errno) -> String {
+    let name = match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENXIO => "ENXIO",
+        other => return format!("errno-{other}"),
+    };
+    name.to_owned()
+}
+
+/// `Ok` for a non-negative return value, the errno otherwise.
+fn check(rc: libc::c_long) -> Result<libc::c_long, Errno> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(rc)
+    }
+}
+
+fn unlink(path: &CString) -> Result<(), Errno> {
+    // SAFETY: a valid NUL-terminated path.
+    check(unsafe { libc::unlink(path.as_ptr()) }.into()).map(drop)
+}
+
+/// Floods the guard with the same operation: every call must get the same answer.
+fn unlink_many(path: &CString, count: u32) -> Result<(), Errno> {
+    let first = unlink(path);
+    for _ in 1..count {
+        let next = unlink(path);
+        if next != first {
+            return next.and(Err(libc::EPROTO));
+        }
+    }
+    first
+}
+
+fn rmdir(path: &CString) -> Result<(), Errno> {
+    // SAFETY: a valid NUL-terminated path.
+    check(unsafe { libc::rmdir(path.as_ptr()) }.into()).map(drop)
+}
+
+fn rename(from: &CString, to: &CString, flags: libc::c_uint) -> Result<(), Errno> {
+    // SAFETY: valid NUL-terminated paths.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            flags,
+        )
+    };
+    check(rc.into()).map(drop)
+}
+
+fn truncate(path: &CString) -> Result<(), Errno> {
+    // SAFETY: a valid NUL-terminated path.
+    check(unsafe { libc::truncate(path.as_ptr(), 0) }.into()).map(drop)
+}
+
+fn open(path: &CString, flags: libc::c_int) -> Result<libc::c_int, Errno> {
+    // SAFETY: a valid NUL-terminated path; the mode is only read with O_CREAT.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+    check(fd.into()).map(|fd| fd as libc::c_int)
+}
+
+fn close(fd: libc::c_int) {
+    // SAFETY: closing a descriptor this process opened.
+    unsafe { libc::close(fd) };
+}
+
+fn ftruncate_fd(fd: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: ftruncate on a descriptor number; a bad one is EBADF.
+    check(unsafe { libc::ftruncate(fd, 0) }.into()).map(drop)
+}
+
+fn ftruncate_path(path: &CString) -> Result<(), Errno> {
+    let fd = open(path, libc::O_WRONLY)?;
+    let result = ftruncate_fd(fd);
+    close(fd);
+    result
+}
+
+fn open_close(path: &CString, flags: libc::c_int) -> Result<(), Errno> {
+    close(open(path, flags)?);
+    Ok(())
+}
+
+fn write_all(fd: libc::c_int, bytes: &[u8]) -> Result<(), Errno> {
+    // SAFETY: writing from a valid buffer.
+    let n = check(unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) } as libc::c_long)?;
+    if n as usize == bytes.len() {
+        Ok(())
+    } else {
+        Err(libc::EIO)
+    }
+}
+
+fn open_write(path: &CString, extra: libc::c_int, text: &[u8]) -> Result<(), Errno> {
+    let fd = open(path, libc::O_WRONLY | extra)?;
+    let result = write_all(fd, text);
+    close(fd);
+    result
+}
+
+fn link(existing: &CString, new: &CString) -> Result<(), Errno> {
+    // SAFETY: valid NUL-terminated paths.
+    check(unsafe { libc::link(existing.as_ptr(), new.as_ptr()) }.into()).map(drop)
+}
+
+fn chmod(path: &CString, mode: u32) -> Result<(), Errno> {
+    // SAFETY: a valid NUL-terminated path.
+    check(unsafe { libc::chmod(path.as_ptr(), mode) }.into()).map(drop)
+}
+
+fn chown(path: &CString, uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: a valid NUL-terminated path.
+    check(unsafe { libc::chown(path.as_ptr(), uid, gid) }.into()).map(drop)
+}
+
+fn setxattr(path: &CString, name: &CString, value: &[u8]) -> Result<(), Errno> {
+    // SAFETY: valid NUL-terminated strings and a value buffer of the given length.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    check(rc.into()).map(drop)
+}
+
+/// Deallocates the first megabyte: the data is gone, the size stays.
+fn punch_hole(fd: libc::c_int) -> Result<(), Errno> {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on a descriptor number; a bad one is EBADF.
+    check(unsafe { libc::fallocate(fd, mode, 0, 1 << 20) }.into()).map(drop)
+}
+
+fn mmap_write(path: &CString) -> Result<(), Errno> {
+    let fd = open(path, libc::O_RDWR)?;
+    // SAFETY: a shared writable mapping of the file's first bytes, written within its length
+    // (capped by the file's size) and unmapped before returning.
+    let result = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        let len = if libc::fstat(fd, &mut st) == 0 {
+            (st.st_size as usize).min(WRITTEN.len())
+        } else {
+            0
+        };
+        if len == 0 {
+            Err(libc::EINVAL)
+        } else {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            if map == libc::MAP_FAILED {
+                Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+            } else {
+                std::ptr::copy_nonoverlapping(WRITTEN.as_ptr(), map.cast::<u8>(), len);
+                libc::msync(map, len, libc::MS_SYNC);
+                libc::munmap(map, len);
+                Ok(())
+            }
+        }
+    };
+    close(fd);
+    result
+}
+
+fn copy_into(src: &CString, dst: &CString) -> Result<(), Errno> {
+    let from = open(src, libc::O_RDONLY)?;
+    let result = open(dst, libc::O_WRONLY).and_then(|to| {
+        // SAFETY: copy_file_range between two open descriptors, current offsets.
+        let copied = check(unsafe {
+            libc::copy_file_range(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                1 << 20,
+                0,
+            )
+        } as libc::c_long);
+        close(to);
+        copied.map(drop)
+    });
+    close(from);
+    result
+}
+
+fn mount_bind(src: &CString, dst: &CString) -> Result<(), Errno> {
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    check(rc.into()).map(drop)
+}
+
+fn mount_tmpfs(dst: &CString) -> Result<(), Errno> {
+    let tmpfs = c"tmpfs";
+    let options = c"size=1m";
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            tmpfs.as_ptr(),
+            dst.as_ptr(),
+            tmpfs.as_ptr(),
+            0,
+            options.as_ptr().cast(),
+        )
+    };
+    check(rc.into()).map(drop)
+}
+
+fn move_mount(src: &CString, dst: &CString) -> Result<(), Errno> {
+    // SAFETY: open_tree(2) with a valid path; it returns a new descriptor.
+    let tree = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    })? as libc::c_int;
+    let empty = c"";
+    // SAFETY: move_mount(2) of the detached tree onto a valid path.
+    let result = check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop);
+    close(tree);
+    result
+}
+
+/// A file with no name (nlink 0): writing it destroys nothing, so a session may.
+fn memfd() -> Result<(), Errno> {
+    let name = c"ag-probe";
+    // SAFETY: a valid name; returns a new descriptor.
+    let fd = check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) }.into())?
+        as libc::c_int;
+    // Reopening through /proc goes through the open hook, as any open by path would.
+    let again = open(
+        &cstr(OsStr::new(&format!("/proc/self/fd/{fd}"))),
+        libc::O_WRONLY,
+    );
+    let result = again.and_then(|again| {
+        let written = write_all(again, WRITTEN).and_then(|()| ftruncate_fd(again));
+        close(again);
+        written
+    });
+    close(fd);
+    result
+}
+
+/// Submits one io_uring operation and returns its result (`res` of the completion).
+fn uring(entry: io_uring::squeue::Entry) -> Result<i32, Errno> {
+    let mut ring = IoUring::new(4).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    // SAFETY: the buffers the entry points to (paths) outlive the wait below.
+    unsafe { ring.submission().push(&entry) }.map_err(|_| libc::EBUSY)?;
+    ring.submit_and_wait(1)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    let cqe = ring.completion().next().ok_or(libc::EIO)?;
+    match cqe.result() {
+        res if res < 0 => Err(-res),
+        res => Ok(res),
+    }
+}
+
+fn uring_unlink(path: &CString) -> Result<(), Errno> {
+    uring(opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build()).map(drop)
+}
+
+fn uring_rename(from: &CString, to: &CString) -> Result<(), Errno> {
+    let entry = opcode::RenameAt::new(
+        types::Fd(libc::AT_FDCWD),
+        from.as_ptr(),
+        types::Fd(libc::AT_FDCWD),
+        to.as_ptr(),
+    )
+    .build();
+    uring(entry).map(drop)
+}
+
+fn uring_open_trunc(path: &CString) -> Result<(), Errno> {
+    let entry = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+        .flags(libc::O_WRONLY | libc::O_TRUNC | libc::O_CLOEXEC)
+        .build();
+    uring(entry).map(close)
+}
+
+/// The classic daemon dance: the command's process exits at once, and the operation happens
+/// later in a grandchild that has left the session and process group, has no terminal and
+/// no stdio, and has been re-parented. Its result line goes to `result` (a new file).
+fn daemon(result: &CString, delay: Duration, op: &[OsString]) -> Result<(), Errno> {
+    // SAFETY: this program is single-threaded, so the child may run arbitrary code.
+    match check(unsafe { libc::fork() }.into())? {
+        0 => {}
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child as libc::pid_t, &mut status, 0) };
+            return Ok(());
+        }
+    }
+    // SAFETY: as above; the intermediate child only forks again and exits.
+    unsafe {
+        libc::setsid();
+        if libc::fork() != 0 {
+            libc::_exit(0);
+        }
+    }
+    let devnull = open(&cstr(OsStr::new("/dev/null")), libc::O_RDWR);
+    if let Ok(null) = devnull {
+        for fd in 0..3 {
+            // SAFETY: duplicating a valid descriptor onto stdio.
+            unsafe { libc::dup2(null, fd) };
+        }
+    }
+    std::thread::sleep(delay);
+    let outcome = perform(op).unwrap_or(Err(libc::EINVAL));
+    let line = format!("{}\n", result_line(outcome));
+    if let Ok(fd) = open(result, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) {
+        let _ = write_all(fd, line.as_bytes());
+        close(fd);
+    }
+    let _ = std::io::stdout().flush();
+    // SAFETY: leaving the grandchild without running the parent's exit path twice.
+    unsafe { libc::_exit(exit_code(outcome)) }
+}

@@ -1,0 +1,59 @@
+//! Kernel tier: agent-guard's guarded sessions against real BPF LSM enforcement.
+//!
+//! These tests need root and a kernel with BPF LSM active, so they are `#[ignore]`d on the
+//! host; `cargo xtask test` runs them inside VMs on Debian's 6.1 and 6.12 kernels with
+//! `--ignored --test-threads=1`. On a machine that cannot enforce they fail, never skip.
+//!
+//! Each test starts `agent-guard run` on a shell script of `ag-probe` calls (one syscall
+//! each) and proves, for the operation it covers:
+//! - inside the workspace the operation succeeds;
+//! - outside it fails with EPERM and the target is unchanged;
+//! - the denial is reported with every field right (`session::Session` checks the summary,
+//!   counts, times and policy of every run; `expect::Expect` the rest);
+//! - the test process itself, a bystander in no session, can still do it while the session
+//!   is alive (the script pauses for that).
+//!
+//! The filesystem rows of THREATS.md: path aliases in `aliases`; destruction without unlink
+//! in `operations` (rename over and away, RENAME_EXCHANGE, O_TRUNC, truncate, ftruncate of
+//! an inherited descriptor, mount over) and `destruction` (mode, owner, xattrs, holes);
+//! leaving the tree in `escape`; io_uring in `io_uring`; flooding the event buffer in `flood`.
+//!
+//! Fixtures live under /tmp (an overlayfs in the virtme-ng guest).
+//!
+//! The modules sit in `tests/kernel/` and are named with `#[path]`: files next to this one
+//! would each become a test target of their own.
+
+#[path = "kernel/events.rs"]
+mod events;
+#[path = "kernel/expect.rs"]
+mod expect;
+#[path = "kernel/fixture.rs"]
+mod fixture;
+#[path = "kernel/script.rs"]
+mod script;
+#[path = "kernel/session.rs"]
+mod session;
+
+#[path = "kernel/aliases.rs"]
+mod aliases;
+#[path = "kernel/destruction.rs"]
+mod destruction;
+#[path = "kernel/escape.rs"]
+mod escape;
+#[path = "kernel/flood.rs"]
+mod flood;
+#[path = "kernel/io_uring.rs"]
+mod io_uring;
+#[path = "kernel/lifecycle.rs"]
+mod lifecycle;
+#[path = "kernel/operations.rs"]
+mod operations;
+
+/// Rules as events name them.
+mod rule {
+    pub const OUTSIDE: &str = "outside-writable-scope";
+    pub const SCOPE_ROOT: &str = "scope-root";
+    pub const MULTI_LINK: &str = "multi-link-file";
+    pub const NO_MOUNT: &str = "no-mount";
+    pub const TOO_DEEP: &str = "path-too-deep";
+}

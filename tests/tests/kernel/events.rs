@@ -1,0 +1,281 @@
+//! What `run` reports: its JSON event lines and its summary line on stderr, parsed strictly
+//! (a missing or mistyped field is a failure).
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+/// One `{"kind":"decision",...}` line.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub line: String,
+    pub time: String,
+    pub session: String,
+    pub policy: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub op: String,
+    pub paths: Vec<String>,
+    pub decision: String,
+    pub rule: String,
+    pub errno: u32,
+    pub errno_name: Option<String>,
+    pub path_truncated: bool,
+}
+
+/// The events file: decisions, and the number of events reported lost.
+#[derive(Debug, Default)]
+pub struct EventLog {
+    pub decisions: Vec<Event>,
+    pub lost: u64,
+    pub lines: usize,
+}
+
+impl EventLog {
+    pub fn parse(text: &str) -> Self {
+        let mut log = Self::default();
+        for line in text.lines() {
+            log.lines += 1;
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("event line is not JSON ({e}): {line}"));
+            let object = value
+                .as_object()
+                .unwrap_or_else(|| panic!("event line is not an object: {line}"));
+            match str_field(object, "kind", line).as_str() {
+                "decision" => log.decisions.push(Event::from_object(object, line)),
+                "lost-events" => log.lost += u64_field(object, "lost", line),
+                other => panic!("unknown event kind {other:?}: {line}"),
+            }
+        }
+        log
+    }
+}
+
+fn field<'a>(object: &'a Map<String, Value>, name: &str, line: &str) -> &'a Value {
+    object
+        .get(name)
+        .unwrap_or_else(|| panic!("event has no `{name}`: {line}"))
+}
+
+fn str_field(object: &Map<String, Value>, name: &str, line: &str) -> String {
+    field(object, name, line)
+        .as_str()
+        .unwrap_or_else(|| panic!("`{name}` is not a string: {line}"))
+        .to_owned()
+}
+
+fn u64_field(object: &Map<String, Value>, name: &str, line: &str) -> u64 {
+    field(object, name, line)
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{name}` is not an unsigned integer: {line}"))
+}
+
+fn u32_field(object: &Map<String, Value>, name: &str, line: &str) -> u32 {
+    u32::try_from(u64_field(object, name, line))
+        .unwrap_or_else(|_| panic!("`{name}` does not fit in 32 bits: {line}"))
+}
+
+impl Event {
+    fn from_object(o: &Map<String, Value>, line: &str) -> Self {
+        let optional_str = |name: &str| {
+            o.get(name).map(|v| {
+                v.as_str()
+                    .unwrap_or_else(|| panic!("`{name}` is not a string: {line}"))
+                    .to_owned()
+            })
+        };
+        let paths = field(o, "paths", line)
+            .as_array()
+            .unwrap_or_else(|| panic!("`paths` is not an array: {line}"))
+            .iter()
+            .map(|p| {
+                p.as_str()
+                    .unwrap_or_else(|| panic!("a path is not a string: {line}"))
+                    .to_owned()
+            })
+            .collect();
+        Self {
+            line: line.to_owned(),
+            time: str_field(o, "time", line),
+            session: str_field(o, "session", line),
+            policy: str_field(o, "policy", line),
+            pid: u32_field(o, "pid", line),
+            tid: u32_field(o, "tid", line),
+            ppid: u32_field(o, "ppid", line),
+            uid: u32_field(o, "uid", line),
+            gid: u32_field(o, "gid", line),
+            comm: str_field(o, "comm", line),
+            exe: optional_str("exe"),
+            op: str_field(o, "op", line),
+            paths,
+            decision: str_field(o, "decision", line),
+            rule: str_field(o, "rule", line),
+            errno: u32_field(o, "errno", line),
+            errno_name: optional_str("errno_name"),
+            path_truncated: o
+                .get("path_truncated")
+                .is_some_and(|v| v == &Value::Bool(true)),
+        }
+    }
+}
+
+/// `agent-guard: session ID ended (status S, MODE mode, policy P): denied N, audited N,
+/// lost N; N events written to DEST`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub session: String,
+    pub status: i32,
+    pub mode: String,
+    pub policy: String,
+    pub denied: u64,
+    pub audited: u64,
+    pub lost: u64,
+    pub written: u64,
+    pub destination: String,
+}
+
+impl Summary {
+    /// The summary line in `stderr`, if there is one.
+    pub fn find(stderr: &str) -> Option<Self> {
+        stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("agent-guard: session "))
+            .map(|line| {
+                Self::parse(line).unwrap_or_else(|| panic!("malformed summary line: {line}"))
+            })
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix("agent-guard: session ")?;
+        let (session, rest) = rest.split_once(" ended (status ")?;
+        let (status, rest) = rest.split_once(", ")?;
+        let (mode, rest) = rest.split_once(" mode, policy ")?;
+        // The policy may contain anything; the counts follow the last "): ".
+        let (policy, counts) = rest.rsplit_once("): ")?;
+        let (counts, destination) = counts.split_once(" events written to ")?;
+        let number = |text: &str, prefix: &str| -> Option<u64> {
+            text.trim().strip_prefix(prefix)?.trim().parse().ok()
+        };
+        let (tallies, written) = counts.split_once("; ")?;
+        let mut tallies = tallies.split(", ");
+        Some(Self {
+            session: session.to_owned(),
+            status: status.parse().ok()?,
+            mode: mode.to_owned(),
+            policy: policy.to_owned(),
+            denied: number(tallies.next()?, "denied")?,
+            audited: number(tallies.next()?, "audited")?,
+            lost: number(tallies.next()?, "lost")?,
+            written: written.trim().parse().ok()?,
+            destination: destination.to_owned(),
+        })
+    }
+}
+
+/// Parses an RFC 3339 timestamp (`2026-11-25T07:08:16.162306Z`, or with a `+hh:mm` offset).
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let b = text.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let s = text.get(range)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b't') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    if second > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0u32;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = text.get(start..i)?;
+        if digits.is_empty() {
+            return None;
+        }
+        let padded = format!("{:0<9}", &digits[..digits.len().min(9)]);
+        nanos = padded.parse().ok()?;
+    }
+    let offset = match text.get(i..)? {
+        "Z" | "z" => 0,
+        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) => {
+            let minutes = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
+            if tz.starts_with('+') {
+                minutes * 60
+            } else {
+                -minutes * 60
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    Some(UNIX_EPOCH + Duration::new(u64::try_from(secs).ok()?, nanos))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_parses_utc_and_offsets() {
+        let t = parse_rfc3339("2026-11-25T07:08:16.162306Z").unwrap();
+        let secs = t.duration_since(UNIX_EPOCH).unwrap();
+        assert_eq!(secs.as_secs(), 1_795_590_496);
+        assert_eq!(secs.subsec_micros(), 162_306);
+        assert_eq!(parse_rfc3339("2026-11-25T08:08:16.162306+01:00"), Some(t));
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00Z").unwrap(),
+            UNIX_EPOCH + Duration::from_secs(951_782_400)
+        );
+        for bad in [
+            "2026-11-25 07:08:16Z",
+            "2026-13-25T07:08:16Z",
+            "2026-11-25T07:08:16",
+            "x",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn summary_line_parses() {
+        let s = Summary::find("noise\nagent-guard: session 733201b8 ended (status 7, enforce mode, policy /p (x).toml): denied 2, audited 0, lost 0; 2 events written to /tmp/e.jsonl\n").unwrap();
+        assert_eq!(s.session, "733201b8");
+        assert_eq!(s.status, 7);
+        assert_eq!(s.mode, "enforce");
+        assert_eq!(s.policy, "/p (x).toml");
+        assert_eq!((s.denied, s.audited, s.lost, s.written), (2, 0, 0, 2));
+        assert_eq!(s.destination, "/tmp/e.jsonl");
+    }
+}
