@@ -154,7 +154,9 @@ pub fn setup(verbosity: Verbosity) -> anyhow::Result<usize> {
     }
 
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
-        if Path::new("/usr/lib/llvm-22/bin/llvm-config").exists() && succeeds(Command::new("cargo").arg("--version")) {
+        if Path::new("/usr/lib/llvm-22/bin/llvm-config").exists()
+            && succeeds(Command::new("cargo").arg("--version"))
+        {
             eprintln!("setup: building bpf-linker against LLVM 22 (about a minute)");
             run(
                 Command::new("cargo")
@@ -175,8 +177,13 @@ pub fn setup(verbosity: Verbosity) -> anyhow::Result<usize> {
         }
     }
 
-    if !succeeds(Command::new(vng()).arg("--version")) && !succeeds(Command::new("python3").args(["-m", "venv", "--help"])) {
-        manual.push(format!("virtme-ng: python3 -m venv {0} && {0}/bin/pip install virtme-ng", venv_dir().display()));
+    if !succeeds(Command::new(vng()).arg("--version"))
+        && !succeeds(Command::new("python3").args(["-m", "venv", "--help"]))
+    {
+        manual.push(format!(
+            "virtme-ng: python3 -m venv {0} && {0}/bin/pip install virtme-ng",
+            venv_dir().display()
+        ));
     } else if !succeeds(Command::new(vng()).arg("--version")) {
         let venv = venv_dir();
         eprintln!("setup: installing virtme-ng into {}", venv.display());
