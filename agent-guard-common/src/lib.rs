@@ -59,6 +59,9 @@ pub const OP_CHMOD: u32 = 13;
 pub const OP_CHOWN: u32 = 14;
 pub const OP_SETXATTR: u32 = 15;
 pub const OP_REMOVEXATTR: u32 = 16;
+pub const OP_CREATE: u32 = 17;
+pub const OP_MKDIR: u32 = 18;
+pub const OP_SYMLINK: u32 = 19;
 
 // Decisions (Event::decision).
 /// The operation was refused with `Event::errno`.

@@ -4,8 +4,9 @@
 //! Each hook returns the verdict it was given when it has nothing to refuse, so it composes
 //! with the other LSMs, and never overrides an earlier refusal.
 use agent_guard_common::{
-    EPERM, OP_CHMOD, OP_CHOWN, OP_LINK, OP_MOUNT, OP_OPEN_WRITE, OP_REMOVEXATTR, OP_RENAME,
-    OP_RMDIR, OP_SETXATTR, OP_TRUNCATE, OP_UNLINK, RULE_MOUNT, RULE_MULTI_LINK, RULE_UNRESOLVED,
+    EPERM, OP_CHMOD, OP_CHOWN, OP_CREATE, OP_LINK, OP_MKDIR, OP_MOUNT, OP_OPEN_WRITE,
+    OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SETXATTR, OP_SYMLINK, OP_TRUNCATE, OP_UNLINK,
+    RULE_MOUNT, RULE_MULTI_LINK, RULE_UNRESOLVED,
 };
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
@@ -159,7 +160,8 @@ fn try_path_rename(ctx: &LsmContext, session: u32) -> Result<(), Finding> {
 
 /// `path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry
 /// *new_dentry)`: a new name for a file outside the scopes would make it writable through
-/// the scope. Links are same-mount only, so `new_dir`'s mount is the source's too.
+/// the scope, and a new name outside plants a file there. Links are same-mount only, so
+/// `new_dir`'s mount is the source's too.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
     let allow: i32 = ctx.arg(3);
@@ -184,7 +186,15 @@ pub fn path_link(ctx: LsmContext) -> i32 {
             allow,
         );
     };
-    match check_inside(session, mnt, old_dentry) {
+    let new_dir_dentry = match path_parts(new_dir) {
+        Ok((_, dentry)) => dentry,
+        Err(Unreadable) => 0,
+    };
+    // The existing file must be inside (else it becomes writable through the scope), and
+    // so must the new name (else the link plants a file outside).
+    match check_inside(session, mnt, old_dentry)
+        .and_then(|()| check_inside(session, mnt, new_dir_dentry))
+    {
         Ok(()) => allow,
         Err(rule) => decide(
             session,
@@ -488,6 +498,83 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
         session,
         OP_REMOVEXATTR,
         0,
+        ctx.arg::<*const u8>(1) as u64,
+        allow,
+    )
+}
+
+/// Creation of `dentry` in the directory at the `struct path` pointer `dir`: the directory
+/// must be inside a scope. A new file in /etc/cron.d is as harmful as a deleted one.
+#[inline(always)]
+fn creation(session: u32, op: u32, dir: u64, dentry: u64, allow: i32) -> i32 {
+    let Ok((mnt, dir_dentry)) = path_parts(dir) else {
+        return deny_at(
+            session,
+            op,
+            RULE_UNRESOLVED,
+            Location { mnt: 0, dentry },
+            allow,
+        );
+    };
+    match check_inside(session, mnt, dir_dentry) {
+        Ok(()) => allow,
+        Err(rule) => deny_at(session, op, rule, Location { mnt, dentry }, allow),
+    }
+}
+
+/// `path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int
+/// dev)`: open(O_CREAT) of a new file, mknod, mkfifo, and binding a unix socket.
+#[lsm(hook = "path_mknod")]
+pub fn path_mknod(ctx: LsmContext) -> i32 {
+    let allow: i32 = ctx.arg(4);
+    if allow != 0 {
+        return allow;
+    }
+    let Some(session) = current_session() else {
+        return allow;
+    };
+    creation(
+        session,
+        OP_CREATE,
+        ctx.arg::<*const u8>(0) as u64,
+        ctx.arg::<*const u8>(1) as u64,
+        allow,
+    )
+}
+
+/// `path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode)`.
+#[lsm(hook = "path_mkdir")]
+pub fn path_mkdir(ctx: LsmContext) -> i32 {
+    let allow: i32 = ctx.arg(3);
+    if allow != 0 {
+        return allow;
+    }
+    let Some(session) = current_session() else {
+        return allow;
+    };
+    creation(
+        session,
+        OP_MKDIR,
+        ctx.arg::<*const u8>(0) as u64,
+        ctx.arg::<*const u8>(1) as u64,
+        allow,
+    )
+}
+
+/// `path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name)`.
+#[lsm(hook = "path_symlink")]
+pub fn path_symlink(ctx: LsmContext) -> i32 {
+    let allow: i32 = ctx.arg(3);
+    if allow != 0 {
+        return allow;
+    }
+    let Some(session) = current_session() else {
+        return allow;
+    };
+    creation(
+        session,
+        OP_SYMLINK,
+        ctx.arg::<*const u8>(0) as u64,
         ctx.arg::<*const u8>(1) as u64,
         allow,
     )

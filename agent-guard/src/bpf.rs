@@ -81,6 +81,19 @@ const HOOKS: &[Hook] = &[
         program: "move_mount",
         required: true,
     },
+    // Creation: new files, fifos, sockets, directories, symlinks.
+    Hook {
+        program: "path_mknod",
+        required: true,
+    },
+    Hook {
+        program: "path_mkdir",
+        required: true,
+    },
+    Hook {
+        program: "path_symlink",
+        required: true,
+    },
     // Attribute changes: mode, owner, extended attributes.
     Hook {
         program: "path_chmod",

@@ -35,6 +35,9 @@ usage: ag-probe OP ARGS...
   open-write PATH [TEXT]      open(2) an existing file O_WRONLY, write TEXT (default: a line)
   create PATH                 open(2) O_CREAT|O_EXCL|O_WRONLY, write a line
   link EXISTING NEW           link(2)
+  mkdir PATH                  mkdir(2)
+  mkfifo PATH                 mknod(2) S_IFIFO
+  symlink TARGET LINK         symlink(2)
   chmod PATH MODE             chmod(2), MODE in octal
   chown PATH UID GID          chown(2)
   setxattr PATH NAME VALUE    setxattr(2)
@@ -95,10 +98,10 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
     let arity = match op {
         "memfd" => 0,
         "open-write" if rest.len() == 2 => 2,
-        "unlink" | "rmdir" | "truncate" | "ftruncate" | "ftruncate-fd" | "open-write"
-        | "create" | "mount-tmpfs" | "uring-unlink" | "uring-open-trunc" | "punch-hole"
-        | "punch-hole-fd" | "mmap-write" => 1,
-        "rename" | "exchange" | "open-trunc" | "link" | "mount-bind" | "move-mount"
+        "mkdir" | "mkfifo" | "unlink" | "rmdir" | "truncate" | "ftruncate" | "ftruncate-fd"
+        | "open-write" | "create" | "mount-tmpfs" | "uring-unlink" | "uring-open-trunc"
+        | "punch-hole" | "punch-hole-fd" | "mmap-write" => 1,
+        "symlink" | "rename" | "exchange" | "open-trunc" | "link" | "mount-bind" | "move-mount"
         | "uring-rename" | "chmod" | "copy-into" | "unlink-many" => 2,
         "chown" | "setxattr" => 3,
         _ => return None,
@@ -129,6 +132,12 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
         }
         "create" => open_write(&a[0], libc::O_CREAT | libc::O_EXCL, WRITTEN),
         "link" => link(&a[0], &a[1]),
+        // SAFETY (these three): valid NUL-terminated paths.
+        "mkdir" => check(unsafe { libc::mkdir(a[0].as_ptr(), 0o755) }.into()).map(drop),
+        "mkfifo" => {
+            check(unsafe { libc::mknod(a[0].as_ptr(), libc::S_IFIFO | 0o644, 0) }.into()).map(drop)
+        }
+        "symlink" => check(unsafe { libc::symlink(a[0].as_ptr(), a[1].as_ptr()) }.into()).map(drop),
         "chmod" => chmod(&a[0], u32::from_str_radix(rest[1].to_str()?, 8).ok()?),
         "chown" => chown(
             &a[0],

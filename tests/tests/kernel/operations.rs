@@ -347,8 +347,8 @@ fn open_existing_file_for_writing() {
     fx.assert_intact("prod/config");
     s.outcome("multi-link").assert_eperm();
     fx.assert_content("ws/pair-a", "pair");
-    s.outcome("create-outside").assert_ok();
-    fx.assert_content("prod/new-file", PROBE_WRITES);
+    s.outcome("create-outside").assert_eperm();
+    fx.assert_absent("prod/new-file");
     bystander.assert_ok();
     fx.assert_content("prod/bystander", &overwritten(PRECIOUS));
     s.assert_decisions(&[
@@ -363,6 +363,101 @@ fn open_existing_file_for_writing() {
             &[&fx.s("ws/pair-a")],
             rule::MULTI_LINK,
             s.outcome("multi-link"),
+        ),
+        deny(
+            "create",
+            &[&fx.s("prod/new-file")],
+            rule::OUTSIDE,
+            s.outcome("create-outside"),
+        ),
+    ]);
+}
+
+/// Planting is as harmful as destroying (a new file in /etc/cron.d): outside the scope the
+/// session creates no file, fifo, directory, symlink or hard link.
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn creation() {
+    let fx = Fixture::new("create");
+    fx.write("ws/file", "file");
+    fx.write("prod/existing", "existing");
+    let script = Script::new(&fx)
+        .probe("file-inside", &["create", "new-file"])
+        .probe("dir-inside", &["mkdir", "new-dir"])
+        .probe("fifo-inside", &["mkfifo", "new-fifo"])
+        .probe("symlink-inside", &["symlink", "file", "new-link"])
+        .probe("file", &["create", &fx.s("prod/planted")])
+        .probe("dir", &["mkdir", &fx.s("prod/planted-dir")])
+        .probe("fifo", &["mkfifo", &fx.s("prod/planted-fifo")])
+        .probe(
+            "symlink",
+            &["symlink", "/etc/passwd", &fx.s("prod/planted-link")],
+        )
+        .probe(
+            "link-out",
+            &["link", "file", &fx.s("prod/planted-hardlink")],
+        )
+        .pause();
+    let mut run = Run::script(&fx, script).start();
+    run.wait_for_pause();
+    let bystander = fx.outsider(&["mkdir", &fx.s("prod/bystander-dir")]);
+    let s = run.finish();
+
+    s.assert_results(&[
+        ("file-inside", "ok"),
+        ("dir-inside", "ok"),
+        ("fifo-inside", "ok"),
+        ("symlink-inside", "ok"),
+        ("file", "EPERM"),
+        ("dir", "EPERM"),
+        ("fifo", "EPERM"),
+        ("symlink", "EPERM"),
+        ("link-out", "EPERM"),
+    ]);
+    for planted in [
+        "planted",
+        "planted-dir",
+        "planted-fifo",
+        "planted-link",
+        "planted-hardlink",
+    ] {
+        fx.assert_absent(&format!("prod/{planted}"));
+    }
+    for made in ["new-file", "new-dir", "new-fifo", "new-link"] {
+        fx.assert_exists(&format!("ws/{made}"));
+    }
+    bystander.assert_ok();
+    fx.assert_exists("prod/bystander-dir");
+    s.assert_decisions(&[
+        deny(
+            "create",
+            &[&fx.s("prod/planted")],
+            rule::OUTSIDE,
+            s.outcome("file"),
+        ),
+        deny(
+            "mkdir",
+            &[&fx.s("prod/planted-dir")],
+            rule::OUTSIDE,
+            s.outcome("dir"),
+        ),
+        deny(
+            "create",
+            &[&fx.s("prod/planted-fifo")],
+            rule::OUTSIDE,
+            s.outcome("fifo"),
+        ),
+        deny(
+            "symlink",
+            &[&fx.s("prod/planted-link")],
+            rule::OUTSIDE,
+            s.outcome("symlink"),
+        ),
+        deny(
+            "link",
+            &[&fx.s("ws/file"), &fx.s("prod/planted-hardlink")],
+            rule::OUTSIDE,
+            s.outcome("link-out"),
         ),
     ]);
 }
