@@ -128,3 +128,30 @@ fn run_never_starts_a_command_unguarded() {
         other => panic!("unexpected exit {other:?}: {stderr}"),
     }
 }
+
+#[test]
+fn policy_show_expands_variables_and_resolves_inodes() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent_guard()
+        .current_dir(dir.path())
+        .args(["policy", "show"])
+        .arg(policies_dir().join("workstation.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ino = std::fs::metadata(dir.path()).unwrap().ino();
+    let workspace = std::fs::canonicalize(dir.path()).unwrap_or_else(|_| dir.path().to_path_buf());
+    assert!(
+        stdout.contains(&format!("${{WORKSPACE}} -> {}", dir.path().display()))
+            || stdout.contains(&format!("${{WORKSPACE}} -> {}", workspace.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("inode {ino})")), "{stdout}");
+    assert!(stdout.contains("mode: enforce"), "{stdout}");
+}
