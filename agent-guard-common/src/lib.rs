@@ -92,6 +92,9 @@ pub const RULE_MOUNT: u32 = 7;
 pub const RULE_OUTSIDE_SESSION: u32 = 8;
 /// Sessions may not use bpf(2): it could detach or rewrite the guard's programs.
 pub const RULE_NO_BPF: u32 = 9;
+/// The target is, or lies under, a protected path: it stays undestroyable even inside a
+/// writable scope.
+pub const RULE_PROTECTED: u32 = 10;
 
 // Event kinds (Event::kind).
 /// A decision taken by an LSM hook.
@@ -211,6 +214,12 @@ pub struct KernelOffsets {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 28 * 4);
+
+/// ioctl(2) request with which user space asks the kernel side for the identity (device,
+/// inode) the hooks will see for an open file. `stat` can disagree: on overlayfs a regular
+/// file reports its layer's device. The request is otherwise unknown, so the ioctl itself
+/// fails after the hook has answered.
+pub const IDENTIFY_IOCTL: u32 = 0x4147_4944;
 
 /// Statistics slots in the per-CPU `STATS` array.
 pub const STAT_LOST_EVENTS: u32 = 0;

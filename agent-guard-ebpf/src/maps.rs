@@ -29,6 +29,12 @@ pub static SESSIONS: HashMap<u32, SessionConfig> = HashMap::with_max_entries(MAX
 #[map]
 pub static SCOPES: HashMap<ScopeKey, u32> = HashMap::with_max_entries(MAX_SCOPE_ENTRIES, 0);
 
+/// Protected paths: (session, device, inode) of files and directories that stay
+/// undestroyable even inside a writable scope (a workspace's `.git/hooks`, a database).
+/// Protection wins over writability: the walk meets the protected ancestor first.
+#[map]
+pub static PROTECTED: HashMap<ScopeKey, u32> = HashMap::with_max_entries(MAX_SCOPE_ENTRIES, 0);
+
 /// Character devices a session may open for writing: key `[session, rdev]`, where an rdev
 /// whose minor is all ones (0xfffff) admits every minor of that major.
 #[map]
@@ -50,3 +56,8 @@ pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 /// State of the path rendering loop (see `scope::render`).
 #[map]
 pub static RENDER: PerCpuArray<crate::scope::RenderState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Answers to `IDENTIFY_IOCTL`: requesting tgid to the `[s_dev, i_ino]` of the file it
+/// asked about. Only processes outside every session are answered.
+#[map]
+pub static IDENTITY: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(64, 0);

@@ -12,7 +12,7 @@
 //! on kernels from 6.1 on.
 use agent_guard_common::{
     ScopeKey, EVENT_DATA_LEN, MAX_PATH_DEPTH, NAME_BUF_LEN, PATH_BUF_LEN, RULE_OUTSIDE_SCOPE,
-    RULE_PATH_TOO_DEEP, RULE_SCOPE_ROOT, RULE_UNRESOLVED,
+    RULE_PATH_TOO_DEEP, RULE_PROTECTED, RULE_SCOPE_ROOT, RULE_UNRESOLVED,
 };
 use core::ffi::c_void;
 
@@ -20,7 +20,7 @@ use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
 
 use crate::{
     kernel::{inode_identity, mounted_on, off, read_u64, Unreadable},
-    maps::{RENDER, SCOPES, SCRATCH},
+    maps::{PROTECTED, RENDER, SCOPES, SCRATCH},
 };
 
 /// State of the scope walk, shared with its `bpf_loop` callback.
@@ -82,6 +82,16 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
 fn step(state: &mut WalkState) -> Result<bool, Unreadable> {
     let d = state.dentry;
     if let Some((dev, ino)) = inode_identity(d)? {
+        let key = ScopeKey {
+            session: state.session,
+            dev,
+            ino,
+        };
+        // Nearest first: a protected path inside a scope is met before the scope root.
+        if PROTECTED.get_ptr(&key).is_some() {
+            state.verdict = RULE_PROTECTED;
+            return Ok(true);
+        }
         if SCOPES
             .get_ptr(&ScopeKey {
                 session: state.session,
@@ -125,13 +135,16 @@ fn step(state: &mut WalkState) -> Result<bool, Unreadable> {
     }
 }
 
-/// `Err(RULE_SCOPE_ROOT)` when `dentry` is itself a scope root of `session`: removing or
-/// moving it would remove the scope.
+/// `Err(RULE_SCOPE_ROOT)` when `dentry` is itself a scope root of `session` (removing or
+/// moving it would remove the scope), `Err(RULE_PROTECTED)` when it is protected.
 #[inline(always)]
 pub fn check_not_scope_root(session: u32, dentry: u64) -> Result<(), u32> {
     match inode_identity(dentry) {
         Ok(Some((dev, ino))) => {
-            if SCOPES.get_ptr(&ScopeKey { session, dev, ino }).is_some() {
+            let key = ScopeKey { session, dev, ino };
+            if PROTECTED.get_ptr(&key).is_some() {
+                Err(RULE_PROTECTED)
+            } else if SCOPES.get_ptr(&key).is_some() {
                 Err(RULE_SCOPE_ROOT)
             } else {
                 Ok(())

@@ -44,6 +44,11 @@ const HOOKS: &[Hook] = &[
         program: "bprm_check_security",
         required: true,
     },
+    // Answers user space's identity requests (see `Guard::identify`).
+    Hook {
+        program: "file_ioctl",
+        required: true,
+    },
     Hook {
         program: "path_unlink",
         required: true,
@@ -159,6 +164,18 @@ pub enum LoadError {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum IdentifyError {
+    #[error("cannot open {path} to learn its kernel identity")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the kernel side did not answer the identity request for {path}")]
+    NoAnswer { path: String },
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum SessionMapError {
     #[error("opening the session maps")]
     Open(#[from] LoadError),
@@ -232,6 +249,50 @@ impl Guard {
         HashMap::try_from(map).map_err(|source| LoadError::Map { map: name, source })
     }
 
+    /// The (device, inode) the hooks see for `path`, asked of the kernel side itself. `stat`
+    /// is not enough: on overlayfs a regular file reports its layer's device, not the
+    /// overlay's, so a key built from it would never match.
+    pub fn identify(&mut self, path: &std::path::Path) -> Result<(u32, u64), IdentifyError> {
+        use std::os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _};
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            // Never block on a fifo, never take a terminal as controlling tty.
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|source| IdentifyError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        // SAFETY: an ioctl on a valid fd; the request is unknown to every driver, so it
+        // fails after the LSM hook has recorded the answer.
+        unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                agent_guard_common::IDENTIFY_IOCTL as libc::c_ulong,
+                0,
+            )
+        };
+        let tgid = std::process::id();
+        let no_answer = || IdentifyError::NoAnswer {
+            path: path.display().to_string(),
+        };
+        let mut map: HashMap<_, u32, [u64; 2]> =
+            self.hash_map("IDENTITY").map_err(|_| no_answer())?;
+        let [dev, ino] = map.get(&tgid, 0).map_err(|_| no_answer())?;
+        let _ = map.remove(&tgid);
+        Ok((dev as u32, ino))
+    }
+
+    /// Replaces the identities `stat` gave the policy's paths with the kernel side's own.
+    pub fn identify_policy(&mut self, policy: &mut ResolvedPolicy) -> Result<(), IdentifyError> {
+        for scope in policy.scopes.iter_mut().chain(policy.protected.iter_mut()) {
+            let (dev, ino) = self.identify(&scope.path)?;
+            scope.dev = dev;
+            scope.ino = ino;
+        }
+        Ok(())
+    }
+
     /// Installs a session's policy in the kernel maps. Call before any process joins it.
     pub fn add_session(
         &mut self,
@@ -261,6 +322,19 @@ impl Guard {
             }
         }
         {
+            let mut protected: HashMap<_, ScopeKey, u32> = self.hash_map("PROTECTED")?;
+            for path in &policy.protected {
+                let key = ScopeKey {
+                    session,
+                    dev: path.dev,
+                    ino: path.ino,
+                };
+                protected
+                    .insert(key, path.rule, 0)
+                    .map_err(write("PROTECTED"))?;
+            }
+        }
+        {
             let mut devices: HashMap<_, [u32; 2], u32> = self.hash_map("DEVICES")?;
             let unique: BTreeSet<u32> = policy.devices.iter().copied().collect();
             for rdev in unique {
@@ -287,6 +361,15 @@ impl Guard {
                     session,
                     dev: scope.dev,
                     ino: scope.ino,
+                });
+            }
+        }
+        if let Ok(mut protected) = self.hash_map::<ScopeKey, u32>("PROTECTED") {
+            for path in &policy.protected {
+                let _ = protected.remove(&ScopeKey {
+                    session,
+                    dev: path.dev,
+                    ino: path.ino,
                 });
             }
         }

@@ -12,7 +12,7 @@ use agent_guard_common::{
     OP_MKDIR, OP_MOUNT, OP_OPEN_WRITE, OP_PTRACE, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SETXATTR,
     OP_SIGNAL, OP_SYMLINK, OP_TRUNCATE, OP_UNLINK, PATH_EXE, PATH_TARGET, PATH_TARGET2, RULE_MOUNT,
     RULE_MULTI_LINK, RULE_NO_BPF, RULE_OUTSIDE_SCOPE, RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP,
-    RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
+    RULE_PROTECTED, RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
 };
 use serde::Serialize;
 
@@ -67,6 +67,7 @@ pub fn rule_name(rule: u32) -> Result<&'static str, DecodeError> {
         RULE_MOUNT => "no-mount",
         RULE_OUTSIDE_SESSION => "target-outside-session",
         RULE_NO_BPF => "no-bpf",
+        RULE_PROTECTED => "protected-path",
         value => {
             return Err(DecodeError::Unknown {
                 field: "rule",

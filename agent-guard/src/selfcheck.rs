@@ -48,6 +48,8 @@ pub enum SelfCheckError {
         #[source]
         source: io::Error,
     },
+    #[error("asking the kernel side for the canary scope's identity")]
+    CanaryIdentity(#[from] crate::bpf::IdentifyError),
     #[error("installing the canary session")]
     CanarySession(#[from] SessionMapError),
     #[error("starting the canary process")]
@@ -125,12 +127,14 @@ pub fn run_canary(
     std::fs::create_dir(&scope).map_err(setup)?;
     std::fs::write(&victim, b"agent-guard canary\n").map_err(setup)?;
     let meta = std::fs::metadata(&scope).map_err(setup)?;
-    let policy = ResolvedPolicy {
+    let mut policy = ResolvedPolicy {
         source: "<canary>".into(),
         mode: Mode::Enforce,
         scopes: vec![ResolvedScope::from_metadata(scope.clone(), &meta, 0)],
+        protected: Vec::new(),
         devices: Vec::new(),
     };
+    guard.identify_policy(&mut policy)?;
     guard.add_session(session, &policy)?;
     let argv: Vec<OsString> = vec![
         agent_guard_exe.into(),

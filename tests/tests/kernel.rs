@@ -48,6 +48,8 @@ mod io_uring;
 mod lifecycle;
 #[path = "kernel/operations.rs"]
 mod operations;
+#[path = "kernel/protected.rs"]
+mod protected;
 
 /// Rules as events name them.
 mod rule {
@@ -56,4 +58,5 @@ mod rule {
     pub const MULTI_LINK: &str = "multi-link-file";
     pub const NO_MOUNT: &str = "no-mount";
     pub const TOO_DEEP: &str = "path-too-deep";
+    pub const PROTECTED: &str = "protected-path";
 }

@@ -61,6 +61,16 @@ fn show(file: Option<&std::path::Path>) -> i32 {
             scope.ino
         );
     }
+    println!("protected (even inside the scopes):");
+    for (entry, path) in policy.protected.iter().zip(&resolved.protected) {
+        println!(
+            "  {} -> {} (device {}, inode {})",
+            entry.text,
+            path.path.display(),
+            dev(path.dev),
+            path.ino
+        );
+    }
     println!("writable character devices:");
     for entry in &policy.writable_devices {
         println!("  {}", entry.text);

@@ -157,7 +157,12 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
 
-    // 4. The session.
+    // 4. The session, keyed by the identities the kernel side itself sees.
+    let mut resolved = resolved;
+    if let Err(e) = guard.identify_policy(&mut resolved) {
+        report_error("cannot resolve the policy's paths in the kernel", &e);
+        return EXIT_GUARD_UNAVAILABLE;
+    }
     if let Err(e) = guard.add_session(session, &resolved) {
         report_error("cannot install the session's policy", &e);
         return EXIT_GUARD_UNAVAILABLE;

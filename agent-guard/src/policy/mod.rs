@@ -12,6 +12,7 @@
 //!
 //! [filesystem]
 //! writable = ["${WORKSPACE}", "/tmp"]
+//! protected = ["${WORKSPACE}/.git/hooks"]   # undestroyable even inside a scope
 //! writable_devices = ["/dev/null"]
 //! terminals = true            # ttys and pseudo-terminals stay writable
 //! ```
@@ -70,6 +71,9 @@ pub struct Policy {
     pub mode: Mode,
     /// Directories (or files) the session may modify; everything else is protected.
     pub writable: Vec<PolicyPath>,
+    /// Files and directories that stay undestroyable even inside a writable scope.
+    /// Protection wins over writability.
+    pub protected: Vec<PolicyPath>,
     /// Character devices the session may open for writing.
     pub writable_devices: Vec<PolicyPath>,
     /// Whether terminals and pseudo-terminals stay writable.
@@ -161,27 +165,30 @@ impl Policy {
             }
             Ok(out)
         };
-        let (writable, devices, terminals) = match fs {
+        let (writable, protected, devices, terminals) = match fs {
             Some(fs) => {
-                if let Some(list) = &fs.writable {
-                    if list.len() > MAX_WRITABLE {
-                        return Err(invalid(
-                            list[MAX_WRITABLE].span(),
-                            format!(
-                                "{} writable paths; at most {MAX_WRITABLE} are supported",
-                                list.len()
-                            ),
-                            "list parent directories instead of many siblings",
-                        ));
+                for (key, list) in [("writable", &fs.writable), ("protected", &fs.protected)] {
+                    if let Some(list) = list {
+                        if list.len() > MAX_WRITABLE {
+                            return Err(invalid(
+                                list[MAX_WRITABLE].span(),
+                                format!(
+                                    "{} {key} paths; at most {MAX_WRITABLE} are supported",
+                                    list.len()
+                                ),
+                                "list parent directories instead of many siblings",
+                            ));
+                        }
                     }
                 }
                 (
                     paths(fs.writable, "writable")?,
+                    paths(fs.protected, "protected")?,
                     paths(fs.writable_devices, "writable_devices")?,
                     fs.terminals.is_none_or(|t| *t.get_ref()),
                 )
             }
-            None => (Vec::new(), Vec::new(), true),
+            None => (Vec::new(), Vec::new(), Vec::new(), true),
         };
         let writable = if writable.is_empty() {
             // No scope given: the session may modify its workspace only.
@@ -197,6 +204,7 @@ impl Policy {
             source: file.to_owned(),
             mode,
             writable,
+            protected,
             writable_devices: devices,
             terminals,
         })
@@ -206,7 +214,7 @@ impl Policy {
 /// A fix suggestion for the TOML layer's messages.
 fn hint_for_toml(message: &str) -> &'static str {
     if message.contains("unknown field") {
-        "remove the key or correct its spelling; the keys are `version`, `mode` and `[filesystem]` with `writable`, `writable_devices` and `terminals`"
+        "remove the key or correct its spelling; the keys are `version`, `mode` and `[filesystem]` with `writable`, `protected`, `writable_devices` and `terminals`"
     } else if message.contains("invalid type") {
         "check the value's type: paths are quoted strings in a list, `terminals` is true or false"
     } else {
@@ -286,6 +294,22 @@ mod tests {
         let (at, message) = invalid_at("version = 2\n");
         assert_eq!((at.line, at.column), (1, 11));
         assert_eq!(message, "unsupported policy version 2");
+    }
+
+    #[test]
+    fn protected_paths_parse_and_are_checked_like_scopes() {
+        let policy = Policy::parse(
+            "p.toml",
+            "[filesystem]\nprotected = [\"${WORKSPACE}/.git/hooks\"]\n",
+        )
+        .unwrap();
+        assert_eq!(policy.protected[0].text, "${WORKSPACE}/.git/hooks");
+        let (at, message) = invalid_at("[filesystem]\nprotected = [\"db.sqlite\"]\n");
+        assert_eq!((at.line, at.column), (2, 14));
+        assert!(
+            message.contains("in `protected` is not an absolute path"),
+            "{message}"
+        );
     }
 
     #[test]

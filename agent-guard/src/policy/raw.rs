@@ -15,6 +15,7 @@ pub struct RawPolicy {
 #[serde(deny_unknown_fields)]
 pub struct RawFilesystem {
     pub writable: Option<Vec<Spanned<String>>>,
+    pub protected: Option<Vec<Spanned<String>>>,
     pub writable_devices: Option<Vec<Spanned<String>>>,
     pub terminals: Option<Spanned<bool>>,
 }

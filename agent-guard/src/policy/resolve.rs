@@ -80,6 +80,8 @@ pub struct ResolvedPolicy {
     pub source: String,
     pub mode: Mode,
     pub scopes: Vec<ResolvedScope>,
+    /// Protected paths, resolved like the scopes (`rule` is the index in `protected`).
+    pub protected: Vec<ResolvedScope>,
     /// Character devices (kernel rdev; minor 0xfffff means any minor).
     pub devices: Vec<u32>,
 }
@@ -103,21 +105,8 @@ const TERMINAL_MAJORS: [u32; 10] = [4, 5, 136, 137, 138, 139, 140, 141, 142, 143
 impl Policy {
     /// Expands variables and resolves every path, at session start.
     pub fn resolve(&self, ctx: &SessionContext) -> Result<ResolvedPolicy, ResolveError> {
-        let mut scopes = Vec::with_capacity(self.writable.len());
-        for entry in &self.writable {
-            let path = expand(entry, ctx)?;
-            let meta = std::fs::metadata(&path).map_err(|source| ResolveError::Missing {
-                location: entry.location.clone(),
-                text: entry.text.clone(),
-                path: path.clone(),
-                source,
-            })?;
-            scopes.push(ResolvedScope::from_metadata(
-                path,
-                &meta,
-                entry.index as u32,
-            ));
-        }
+        let scopes = resolve_paths(&self.writable, ctx)?;
+        let protected = resolve_paths(&self.protected, ctx)?;
         let mut devices = Vec::new();
         for entry in &self.writable_devices {
             let path = expand(entry, ctx)?;
@@ -142,9 +131,33 @@ impl Policy {
             source: self.source.clone(),
             mode: self.mode,
             scopes,
+            protected,
             devices,
         })
     }
+}
+
+/// Expands and resolves each path of a list to the kernel's identity of its object.
+fn resolve_paths(
+    list: &[PolicyPath],
+    ctx: &SessionContext,
+) -> Result<Vec<ResolvedScope>, ResolveError> {
+    let mut out = Vec::with_capacity(list.len());
+    for entry in list {
+        let path = expand(entry, ctx)?;
+        let meta = std::fs::metadata(&path).map_err(|source| ResolveError::Missing {
+            location: entry.location.clone(),
+            text: entry.text.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        out.push(ResolvedScope::from_metadata(
+            path,
+            &meta,
+            entry.index as u32,
+        ));
+    }
+    Ok(out)
 }
 
 /// Expands `${WORKSPACE}`, `${NAME}` (environment) and a leading `~`.
