@@ -18,7 +18,7 @@ use crate::{
     maps::DEVICES,
     report::{decide, deny_at, Finding, Location},
     scope::{check_inside, check_not_scope_root},
-    session::current_session,
+    session::enter,
 };
 
 /// `FMODE_WRITE` in `file::f_mode`.
@@ -71,12 +71,9 @@ fn removal(session: u32, op: u32, dir: u64, victim: u64, allow: i32) -> i32 {
 /// `path_unlink(const struct path *dir, struct dentry *dentry)`.
 #[lsm(hook = "path_unlink")]
 pub fn path_unlink(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(2);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 2) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     removal(
         session,
@@ -90,12 +87,9 @@ pub fn path_unlink(ctx: LsmContext) -> i32 {
 /// `path_rmdir(const struct path *dir, struct dentry *dentry)`.
 #[lsm(hook = "path_rmdir")]
 pub fn path_rmdir(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(2);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 2) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     removal(
         session,
@@ -112,12 +106,9 @@ pub fn path_rmdir(ctx: LsmContext) -> i32 {
 /// scope root. One check covers plain renames and exchanges alike.
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(5);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 5) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     match try_path_rename(&ctx, session) {
         Ok(()) => allow,
@@ -164,12 +155,9 @@ fn try_path_rename(ctx: &LsmContext, session: u32) -> Result<(), Finding> {
 /// `new_dir`'s mount is the source's too.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(3);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 3) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     let old_dentry = ctx.arg::<*const u8>(0) as u64;
     let new_dir = ctx.arg::<*const u8>(1) as u64;
@@ -279,12 +267,9 @@ fn check_writable(session: u32, mnt: u64, dentry: u64) -> Result<(), u32> {
 /// the backing path is an internal upper directory that no scope names).
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(1);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 1) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     let file = ctx.arg::<*const u8>(0) as u64;
     let Ok(f_mode) = read_u32(file, off!(file_f_mode)) else {
@@ -342,12 +327,9 @@ fn truncate(session: u32, path: u64, allow: i32) -> i32 {
 /// ftruncate(2) and O_TRUNC.
 #[lsm(hook = "path_truncate")]
 pub fn path_truncate(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(1);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 1) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     truncate(session, ctx.arg::<*const u8>(0) as u64, allow)
 }
@@ -356,12 +338,9 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
 /// including through a descriptor opened for writing before the session began.
 #[lsm(hook = "file_truncate")]
 pub fn file_truncate(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(1);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 1) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     truncate(session, file_path(ctx.arg::<*const u8>(0) as u64), allow)
 }
@@ -386,13 +365,9 @@ fn refuse_mount(session: u32, target: u64, allow: i32) -> i32 {
 /// place a filesystem that lies outside the scopes under a scope.
 #[lsm(hook = "sb_mount")]
 pub fn sb_mount(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(5);
-    if allow != 0 {
-        return allow;
-    }
-    match current_session() {
-        Some(session) => refuse_mount(session, ctx.arg::<*const u8>(1) as u64, allow),
-        None => allow,
+    match enter(&ctx, 5) {
+        Ok((session, allow)) => refuse_mount(session, ctx.arg::<*const u8>(1) as u64, allow),
+        Err(verdict) => verdict,
     }
 }
 
@@ -400,13 +375,9 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
 /// API's way to attach a mount; refused like `mount(2)`.
 #[lsm(hook = "move_mount")]
 pub fn move_mount(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(2);
-    if allow != 0 {
-        return allow;
-    }
-    match current_session() {
-        Some(session) => refuse_mount(session, ctx.arg::<*const u8>(1) as u64, allow),
-        None => allow,
+    match enter(&ctx, 2) {
+        Ok((session, allow)) => refuse_mount(session, ctx.arg::<*const u8>(1) as u64, allow),
+        Err(verdict) => verdict,
     }
 }
 
@@ -438,12 +409,9 @@ fn attribute_change_at(session: u32, op: u32, path: u64, allow: i32) -> i32 {
 /// `path_chmod(const struct path *path, umode_t mode)`: chmod, fchmod, fchmodat.
 #[lsm(hook = "path_chmod")]
 pub fn path_chmod(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(2);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 2) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     attribute_change_at(session, OP_CHMOD, ctx.arg::<*const u8>(0) as u64, allow)
 }
@@ -451,12 +419,9 @@ pub fn path_chmod(ctx: LsmContext) -> i32 {
 /// `path_chown(const struct path *path, kuid_t uid, kgid_t gid)`: chown and friends.
 #[lsm(hook = "path_chown")]
 pub fn path_chown(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(3);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 3) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     attribute_change_at(session, OP_CHOWN, ctx.arg::<*const u8>(0) as u64, allow)
 }
@@ -467,12 +432,9 @@ pub fn path_chown(ctx: LsmContext) -> i32 {
 /// known up to that filesystem's root only.
 #[lsm(hook = "inode_setxattr")]
 pub fn inode_setxattr(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(6);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 6) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     attribute_change(
         session,
@@ -487,12 +449,9 @@ pub fn inode_setxattr(ctx: LsmContext) -> i32 {
 /// `inode_setxattr` for the missing mount.
 #[lsm(hook = "inode_removexattr")]
 pub fn inode_removexattr(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(3);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 3) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     attribute_change(
         session,
@@ -526,12 +485,9 @@ fn creation(session: u32, op: u32, dir: u64, dentry: u64, allow: i32) -> i32 {
 /// dev)`: open(O_CREAT) of a new file, mknod, mkfifo, and binding a unix socket.
 #[lsm(hook = "path_mknod")]
 pub fn path_mknod(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(4);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 4) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     creation(
         session,
@@ -545,12 +501,9 @@ pub fn path_mknod(ctx: LsmContext) -> i32 {
 /// `path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode)`.
 #[lsm(hook = "path_mkdir")]
 pub fn path_mkdir(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(3);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 3) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     creation(
         session,
@@ -564,12 +517,9 @@ pub fn path_mkdir(ctx: LsmContext) -> i32 {
 /// `path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name)`.
 #[lsm(hook = "path_symlink")]
 pub fn path_symlink(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(3);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 3) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     creation(
         session,

@@ -9,7 +9,7 @@ use crate::{
     kernel::{off, read_u32},
     maps::TASKS,
     report::{decide, Finding},
-    session::current_session,
+    session::{current_session, enter},
 };
 
 /// `PTRACE_MODE_ATTACH`: the access would let the caller change the target (ptrace attach,
@@ -48,12 +48,9 @@ fn refuse(session: u32, op: u32, rule: u32, task: u64, detail: u32, allow: i32) 
 /// existence probe) is allowed.
 #[lsm(hook = "task_kill")]
 pub fn task_kill(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(4);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 4) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     let target = ctx.arg::<*const u8>(0) as u64;
     let sig: i32 = ctx.arg(2);
@@ -74,12 +71,9 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
 /// reaches only the session's own processes.
 #[lsm(hook = "ptrace_access_check")]
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(2);
-    if allow != 0 {
-        return allow;
-    }
-    let Some(session) = current_session() else {
-        return allow;
+    let (session, allow) = match enter(&ctx, 2) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
     };
     let target = ctx.arg::<*const u8>(0) as u64;
     let mode: u32 = ctx.arg(1);

@@ -19,6 +19,8 @@ mod files;
 #[cfg(target_arch = "bpf")]
 mod guard;
 #[cfg(target_arch = "bpf")]
+mod identify;
+#[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
 mod maps;

@@ -8,7 +8,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmCont
 
 use crate::{
     kernel::current_task,
-    maps::{ENROLL, IDENTITY, TASKS},
+    maps::{ENROLL, TASKS},
     report::{decide, Finding},
 };
 
@@ -16,6 +16,21 @@ use crate::{
 const EAGAIN: i32 = 11;
 /// errno for an exec refused because the enrolment could not be recorded.
 const ENOMEM: i32 = 12;
+
+/// The start of every enforcing hook: `Ok((session, verdict))` when the current task is
+/// guarded and no earlier program refused, otherwise `Err(verdict)` to return at once.
+/// `verdict_arg` is the index of the verdict the hook was given (its argument count).
+#[inline(always)]
+pub fn enter(ctx: &LsmContext, verdict_arg: usize) -> Result<(u32, i32), i32> {
+    let allow: i32 = ctx.arg(verdict_arg);
+    if allow != 0 {
+        return Err(allow);
+    }
+    match current_session() {
+        Some(session) => Ok((session, allow)),
+        None => Err(allow),
+    }
+}
 
 /// The session of the current task, if it is guarded.
 #[inline(always)]
@@ -90,27 +105,5 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         return -ENOMEM;
     }
     let _ = ENROLL.remove(&tgid);
-    allow
-}
-
-/// `file_ioctl(struct file *file, unsigned int cmd, unsigned long arg)`: answers
-/// `IDENTIFY_IOCTL` from user space outside the sessions with the (device, inode) the other
-/// hooks see for this file, so that scopes and protected paths are keyed exactly as the
-/// kernel will look them up. Every other ioctl passes untouched.
-#[lsm(hook = "file_ioctl")]
-pub fn file_ioctl(ctx: LsmContext) -> i32 {
-    let allow: i32 = ctx.arg(3);
-    let cmd: u32 = ctx.arg(1);
-    if cmd != agent_guard_common::IDENTIFY_IOCTL || current_session().is_some() {
-        return allow;
-    }
-    let file = ctx.arg::<*const u8>(0) as u64;
-    let Ok((_, dentry)) = crate::kernel::path_parts(crate::kernel::file_path(file)) else {
-        return allow;
-    };
-    if let Ok(Some((dev, ino))) = crate::kernel::inode_identity(dentry) {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        let _ = IDENTITY.insert(&tgid, &[u64::from(dev), ino], 0);
-    }
     allow
 }

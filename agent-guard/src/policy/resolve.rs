@@ -109,13 +109,7 @@ impl Policy {
         let protected = resolve_paths(&self.protected, ctx)?;
         let mut devices = Vec::new();
         for entry in &self.writable_devices {
-            let path = expand(entry, ctx)?;
-            let meta = std::fs::metadata(&path).map_err(|source| ResolveError::Missing {
-                location: entry.location.clone(),
-                text: entry.text.clone(),
-                path: path.clone(),
-                source,
-            })?;
+            let (path, meta) = expand_and_stat(entry, ctx)?;
             if !meta.file_type().is_char_device() {
                 return Err(ResolveError::NotADevice {
                     location: entry.location.clone(),
@@ -144,13 +138,7 @@ fn resolve_paths(
 ) -> Result<Vec<ResolvedScope>, ResolveError> {
     let mut out = Vec::with_capacity(list.len());
     for entry in list {
-        let path = expand(entry, ctx)?;
-        let meta = std::fs::metadata(&path).map_err(|source| ResolveError::Missing {
-            location: entry.location.clone(),
-            text: entry.text.clone(),
-            path: path.clone(),
-            source,
-        })?;
+        let (path, meta) = expand_and_stat(entry, ctx)?;
         out.push(ResolvedScope::from_metadata(
             path,
             &meta,
@@ -158,6 +146,23 @@ fn resolve_paths(
         ));
     }
     Ok(out)
+}
+
+/// Expands `entry` and reads the metadata of what it names, which must exist.
+fn expand_and_stat(
+    entry: &PolicyPath,
+    ctx: &SessionContext,
+) -> Result<(PathBuf, std::fs::Metadata), ResolveError> {
+    let path = expand(entry, ctx)?;
+    match std::fs::metadata(&path) {
+        Ok(meta) => Ok((path, meta)),
+        Err(source) => Err(ResolveError::Missing {
+            location: entry.location.clone(),
+            text: entry.text.clone(),
+            path,
+            source,
+        }),
+    }
 }
 
 /// Expands `${WORKSPACE}`, `${NAME}` (environment) and a leading `~`.
