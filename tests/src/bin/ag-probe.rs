@@ -54,6 +54,8 @@ usage: ag-probe OP ARGS...
   uring-unlink PATH           IORING_OP_UNLINKAT
   uring-rename FROM TO        IORING_OP_RENAMEAT
   uring-open-trunc PATH       IORING_OP_OPENAT with O_WRONLY|O_TRUNC
+  uring-create PATH           IORING_OP_OPENAT with O_CREAT|O_EXCL|O_WRONLY
+  uring-mkdir PATH            IORING_OP_MKDIRAT
   daemon RESULT DELAY_MS OP ARGS...
                               double fork + setsid, detach from stdio, wait DELAY_MS, run OP
                               and write its result line to the new file RESULT";
@@ -100,7 +102,7 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
         "open-write" if rest.len() == 2 => 2,
         "mkdir" | "mkfifo" | "unlink" | "rmdir" | "truncate" | "ftruncate" | "ftruncate-fd"
         | "open-write" | "create" | "mount-tmpfs" | "uring-unlink" | "uring-open-trunc"
-        | "punch-hole" | "punch-hole-fd" | "mmap-write" => 1,
+        | "uring-create" | "uring-mkdir" | "punch-hole" | "punch-hole-fd" | "mmap-write" => 1,
         "symlink" | "rename" | "exchange" | "open-trunc" | "link" | "mount-bind" | "move-mount"
         | "uring-rename" | "chmod" | "copy-into" | "unlink-many" => 2,
         "chown" | "setxattr" => 3,
@@ -161,6 +163,8 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
         "uring-unlink" => uring_unlink(&a[0]),
         "uring-rename" => uring_rename(&a[0], &a[1]),
         "uring-open-trunc" => uring_open_trunc(&a[0]),
+        "uring-create" => uring_create(&a[0]),
+        "uring-mkdir" => uring_mkdir(&a[0]),
         _ => return None,
     })
 }
@@ -515,6 +519,23 @@ fn uring_open_trunc(path: &CString) -> Result<(), Errno> {
         .flags(libc::O_WRONLY | libc::O_TRUNC | libc::O_CLOEXEC)
         .build();
     uring(entry).map(close)
+}
+
+fn uring_create(path: &CString) -> Result<(), Errno> {
+    let entry = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+        .flags(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC)
+        .mode(0o644)
+        .build();
+    uring(entry).map(close)
+}
+
+fn uring_mkdir(path: &CString) -> Result<(), Errno> {
+    uring(
+        opcode::MkDirAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+            .mode(0o755)
+            .build(),
+    )
+    .map(drop)
 }
 
 /// The classic daemon dance: the command's process exits at once, and the operation happens

@@ -85,3 +85,50 @@ fn io_uring_unlinkat_renameat_and_openat() {
         .via_io_uring(),
     ]);
 }
+
+/// Creation through io_uring (IORING_OP_OPENAT with O_CREAT, IORING_OP_MKDIRAT) meets the
+/// same hooks as creat(2) and mkdir(2).
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn io_uring_creation() {
+    let fx = Fixture::new("uring-create");
+    let script = Script::new(&fx)
+        .probe("create-inside", &["uring-create", "new-file"])
+        .probe("mkdir-inside", &["uring-mkdir", "new-dir"])
+        .probe("create-outside", &["uring-create", &fx.s("prod/planted")])
+        .probe("mkdir-outside", &["uring-mkdir", &fx.s("prod/planted-dir")])
+        .pause();
+    let mut run = Run::script(&fx, script).start();
+    run.wait_for_pause();
+    let bystander = fx.outsider(&["uring-mkdir", &fx.s("prod/bystander-dir")]);
+    let s = run.finish();
+
+    s.assert_results(&[
+        ("create-inside", "ok"),
+        ("mkdir-inside", "ok"),
+        ("create-outside", "EPERM"),
+        ("mkdir-outside", "EPERM"),
+    ]);
+    fx.assert_exists("ws/new-file");
+    fx.assert_exists("ws/new-dir");
+    fx.assert_absent("prod/planted");
+    fx.assert_absent("prod/planted-dir");
+    bystander.assert_ok();
+    fx.assert_exists("prod/bystander-dir");
+    s.assert_decisions(&[
+        deny(
+            "create",
+            &[&fx.s("prod/planted")],
+            rule::OUTSIDE,
+            s.outcome("create-outside"),
+        )
+        .via_io_uring(),
+        deny(
+            "mkdir",
+            &[&fx.s("prod/planted-dir")],
+            rule::OUTSIDE,
+            s.outcome("mkdir-outside"),
+        )
+        .via_io_uring(),
+    ]);
+}
