@@ -111,6 +111,9 @@ pub const FLAG_PATH_TRUNCATED: u32 = 1;
 
 /// Named errno values returned by the hooks (as negative values).
 pub const EPERM: i32 = 1;
+/// A fork refused because the session table is full: the caller may retry.
+pub const EAGAIN: i32 = 11;
+/// An exec refused because its enrolment could not be recorded.
 pub const ENOMEM: i32 = 12;
 
 /// Fixed part of an event. Paths follow in [`Event::data`].

@@ -3,7 +3,7 @@
 //! Membership is a property of the `task_struct`, copied to every task the member creates.
 //! Nothing a process can do after that (setsid, double fork, re-parenting, changing
 //! credentials, moving cgroups, new namespaces) removes it.
-use agent_guard_common::{OP_EXEC, OP_FORK, RULE_SESSION_TABLE_FULL};
+use agent_guard_common::{EAGAIN, ENOMEM, OP_EXEC, OP_FORK, RULE_SESSION_TABLE_FULL};
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext};
 
 use crate::{
@@ -11,11 +11,6 @@ use crate::{
     maps::{ENROLL, TASKS},
     report::{decide, Finding},
 };
-
-/// errno for a fork refused because the session table is full: the caller may retry.
-const EAGAIN: i32 = 11;
-/// errno for an exec refused because the enrolment could not be recorded.
-const ENOMEM: i32 = 12;
 
 /// The start of every enforcing hook: `Ok((session, verdict))` when the current task is
 /// guarded and no earlier program refused, otherwise `Err(verdict)` to return at once.
