@@ -8,6 +8,9 @@
 
 use core::mem::size_of;
 
+mod decision;
+pub use decision::*;
+
 /// Longest path the kernel side renders into an event.
 pub const PATH_BUF_LEN: usize = 4096;
 /// Longest single path component read from a dentry (NAME_MAX plus the NUL).
@@ -20,8 +23,15 @@ pub const MAX_PATH_DEPTH: u32 = 64;
 pub const MAX_SESSION_TASKS: u32 = 65_536;
 /// Sessions one loaded program set can serve at once.
 pub const MAX_SESSIONS: u32 = 256;
-/// Writable-scope entries across all sessions.
-pub const MAX_SCOPE_ENTRIES: u32 = 4096;
+/// Objects with policy rules attached, across all sessions (the `RULES` table).
+pub const MAX_RULE_ENTRIES: u32 = 65_536;
+/// Path entries one policy may resolve to: a quarter of the table, so that several large
+/// sessions fit at once.
+pub const MAX_POLICY_PATHS: usize = 16_384;
+/// Named rules one policy may hold; events carry the index in a `u16`.
+pub const MAX_POLICY_RULES: usize = 256;
+/// Character-device entries across all sessions.
+pub const MAX_DEVICE_ENTRIES: u32 = 4096;
 /// Processes waiting to be enrolled into a session at their next exec.
 pub const MAX_PENDING_ENROLMENTS: u32 = 256;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
@@ -62,6 +72,8 @@ pub const OP_REMOVEXATTR: u32 = 16;
 pub const OP_CREATE: u32 = 17;
 pub const OP_MKDIR: u32 = 18;
 pub const OP_SYMLINK: u32 = 19;
+/// Opening a read-denied object for reading (or executing it, or listing it).
+pub const OP_READ: u32 = 25;
 
 // Decisions (Event::decision).
 /// The operation was refused with `Event::errno`.
@@ -92,9 +104,9 @@ pub const RULE_MOUNT: u32 = 7;
 pub const RULE_OUTSIDE_SESSION: u32 = 8;
 /// Sessions may not use bpf(2): it could detach or rewrite the guard's programs.
 pub const RULE_NO_BPF: u32 = 9;
-/// The target is, or lies under, a protected path: it stays undestroyable even inside a
-/// writable scope.
-pub const RULE_PROTECTED: u32 = 10;
+/// Rule codes from here up name a rule of the session's policy: `rule - RULE_POLICY_BASE`
+/// is its index in the policy's rule list. Codes below are the built-in reasons above.
+pub const RULE_POLICY_BASE: u32 = 0x100;
 
 // Event kinds (Event::kind).
 /// A decision taken by an LSM hook.
@@ -115,6 +127,8 @@ pub const EPERM: i32 = 1;
 pub const EAGAIN: i32 = 11;
 /// An exec refused because its enrolment could not be recorded.
 pub const ENOMEM: i32 = 12;
+/// Reading a read-denied object.
+pub const EACCES: i32 = 13;
 
 /// Fixed part of an event. Paths follow in [`Event::data`].
 ///
@@ -160,7 +174,7 @@ pub struct Event {
 }
 const _: () = assert!(size_of::<Event>() == 88 + EVENT_DATA_LEN);
 
-/// Key of the writable-scope table: a directory (or file) of one session, identified by the
+/// Key of the rule table: a file or directory of one session's policy, identified by the
 /// kernel's own identity of the inode, never by its name.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -177,9 +191,13 @@ const _: () = assert!(size_of::<ScopeKey>() == 16);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionConfig {
     pub mode: u32,
+    /// Name patterns the session has (they sit at indices `0..patterns` of `PATTERNS`).
+    pub patterns: u32,
+    /// Non-zero when some rule speaks for reading; otherwise reads are not looked at.
+    pub reads: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<SessionConfig>() == 8);
+const _: () = assert!(size_of::<SessionConfig>() == 16);
 
 /// Byte offsets of the kernel structure fields the programs read. User space fills this
 /// from the running kernel's BTF before load, so one object works on every kernel whose
@@ -237,4 +255,6 @@ mod pod {
     unsafe impl aya::Pod for super::ScopeKey {}
     unsafe impl aya::Pod for super::SessionConfig {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::RuleEntry {}
+    unsafe impl aya::Pod for super::NamePattern {}
 }

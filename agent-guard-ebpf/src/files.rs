@@ -4,9 +4,10 @@
 //! Each hook returns the verdict it was given when it has nothing to refuse, so it composes
 //! with the other LSMs, and never overrides an earlier refusal.
 use agent_guard_common::{
-    EPERM, OP_CHMOD, OP_CHOWN, OP_CREATE, OP_LINK, OP_MKDIR, OP_MOUNT, OP_OPEN_WRITE,
-    OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SETXATTR, OP_SYMLINK, OP_TRUNCATE, OP_UNLINK,
-    RULE_MOUNT, RULE_MULTI_LINK, RULE_UNRESOLVED,
+    ACCESS_MODIFY, ACCESS_READ, ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, EACCES, EPERM,
+    MAX_NAME_PATTERNS, OP_CHMOD, OP_CHOWN, OP_CREATE, OP_LINK, OP_MKDIR, OP_MOUNT, OP_OPEN_WRITE,
+    OP_READ, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SETXATTR, OP_SYMLINK, OP_TRUNCATE, OP_UNLINK,
+    RULE_MOUNT, RULE_MULTI_LINK, RULE_POLICY_BASE, RULE_UNRESOLVED,
 };
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
@@ -15,14 +16,19 @@ use crate::{
     kernel::{
         file_path, off, path_parts, proc_inode_task, read_u16, read_u32, read_u64, Unreadable,
     },
-    maps::DEVICES,
-    report::{decide, deny_at, Finding, Location},
-    scope::{check_inside, check_not_scope_root},
+    maps::{DEVICES, PATTERNS},
+    report::{apply, apply_finding, decide, deny_at, Finding, Location},
+    scope::{check, pattern_trees, session_config, Checked},
     session::enter,
 };
 
-/// `FMODE_WRITE` in `file::f_mode`.
+/// `FMODE_READ` and `FMODE_WRITE` in `file::f_mode`.
+const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
+/// `FMODE_EXEC`: the file is opened to be executed.
+const FMODE_EXEC: u32 = 0x20;
+/// `RENAME_EXCHANGE` in `path_rename`'s flags.
+const RENAME_EXCHANGE: u32 = 1 << 1;
 /// `FMODE_CREATED`: this open created the file.
 const FMODE_CREATED: u32 = 1 << 20;
 /// `FMODE_BACKING` (Linux 6.6+): the file is the backing file of a stacking filesystem
@@ -34,16 +40,32 @@ const FMODE_BACKING: u32 = 1 << 24;
 const FMODE_NOACCOUNT: u32 = 1 << 29;
 const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
+const S_IFDIR: u16 = 0o040000;
 const S_IFCHR: u16 = 0o020000;
 const S_IFBLK: u16 = 0o060000;
 /// Minor number that stands for "every minor" in the DEVICES map.
 const ANY_MINOR: u32 = 0xfffff;
 
-/// Removal of `victim` from the directory `dir`: the directory must be inside a scope and
-/// the victim must not be a scope root.
+const ALLOWED: Checked = Checked {
+    action: ACTION_ALLOW,
+    rule: 0,
+};
+
+/// The stronger of two answers (deny over audit over allow); the first on a tie.
+#[inline(always)]
+fn stronger(a: Checked, b: Checked) -> Checked {
+    if b.action > a.action {
+        b
+    } else {
+        a
+    }
+}
+
+/// Removal of `victim` from the directory `dir`: decided on the victim itself, so that a
+/// protected file, a name pattern and the root of a writable scope all count.
 #[inline(always)]
 fn removal(session: u32, op: u32, dir: u64, victim: u64, allow: i32) -> i32 {
-    let Ok((mnt, dir_dentry)) = path_parts(dir) else {
+    let Ok((mnt, _)) = path_parts(dir) else {
         return deny_at(
             session,
             op,
@@ -59,13 +81,14 @@ fn removal(session: u32, op: u32, dir: u64, victim: u64, allow: i32) -> i32 {
         mnt,
         dentry: victim,
     };
-    if let Err(rule) = check_inside(session, mnt, dir_dentry) {
-        return deny_at(session, op, rule, at, allow);
-    }
-    if let Err(rule) = check_not_scope_root(session, victim) {
-        return deny_at(session, op, rule, at, allow);
-    }
-    allow
+    apply(
+        session,
+        op,
+        check(session, ACCESS_MODIFY, mnt, victim, true),
+        EPERM,
+        at,
+        allow,
+    )
 }
 
 /// `path_unlink(const struct path *dir, struct dentry *dentry)`.
@@ -112,41 +135,154 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
     };
     match try_path_rename(&ctx, session) {
         Ok(()) => allow,
-        Err(finding) => decide(session, &finding, allow),
+        Err((checked, finding)) => apply_finding(session, checked, finding, allow),
     }
 }
 
 #[inline(always)]
-fn try_path_rename(ctx: &LsmContext, session: u32) -> Result<(), Finding> {
+fn try_path_rename(ctx: &LsmContext, session: u32) -> Result<(), (Checked, Finding)> {
     let old_dir = ctx.arg::<*const u8>(0) as u64;
     let old_dentry = ctx.arg::<*const u8>(1) as u64;
     let new_dir = ctx.arg::<*const u8>(2) as u64;
     let new_dentry = ctx.arg::<*const u8>(3) as u64;
-    let finding = |rule: u32, old_mnt: u64, new_mnt: u64| Finding {
-        op: OP_RENAME,
-        rule,
-        errno: EPERM,
-        target: Some(Location {
-            mnt: old_mnt,
-            dentry: old_dentry,
-        }),
-        target2: Some(Location {
-            mnt: new_mnt,
-            dentry: new_dentry,
-        }),
-        target_pid: 0,
-        detail: 0,
+    let flags: u32 = ctx.arg(4);
+    let finding = |checked: Checked, old_mnt: u64, new_mnt: u64| {
+        (
+            checked,
+            Finding {
+                op: OP_RENAME,
+                rule: checked.rule,
+                errno: EPERM,
+                target: Some(Location {
+                    mnt: old_mnt,
+                    dentry: old_dentry,
+                }),
+                target2: Some(Location {
+                    mnt: new_mnt,
+                    dentry: new_dentry,
+                }),
+                target_pid: 0,
+                detail: 0,
+            },
+        )
     };
     let (Ok((old_mnt, old_parent)), Ok((new_mnt, new_parent))) =
         (path_parts(old_dir), path_parts(new_dir))
     else {
-        return Err(finding(RULE_UNRESOLVED, 0, 0));
+        return Err(finding(
+            Checked {
+                action: ACTION_DENY,
+                rule: RULE_UNRESOLVED,
+            },
+            0,
+            0,
+        ));
     };
-    check_inside(session, old_mnt, old_parent)
-        .and_then(|()| check_inside(session, new_mnt, new_parent))
-        .and_then(|()| check_not_scope_root(session, old_dentry))
-        .and_then(|()| check_not_scope_root(session, new_dentry))
-        .map_err(|rule| finding(rule, old_mnt, new_mnt))
+    let exchange = flags & RENAME_EXCHANGE != 0;
+    // Both names change: the source leaves, the destination is created or replaced.
+    let mut verdict = stronger(
+        check(session, ACCESS_MODIFY, old_mnt, old_dentry, true),
+        check(session, ACCESS_MODIFY, new_mnt, new_dentry, true),
+    );
+    let config = session_config(session);
+    // A read-denied object keeps its protection only under its name: it may not get a new
+    // one (for an exchange, both objects get one).
+    if config.reads != 0 && verdict.action != ACTION_DENY {
+        verdict = stronger(verdict, read_guard(session, old_mnt, old_dentry));
+        if exchange {
+            verdict = stronger(verdict, read_guard(session, new_mnt, new_dentry));
+        }
+    }
+    // A directory moved out of a name pattern's tree would take the files the pattern
+    // guards inside it along, out of the pattern's reach.
+    if config.patterns != 0 && verdict.action != ACTION_DENY {
+        if is_directory(old_dentry) {
+            verdict = stronger(
+                verdict,
+                leaving_trees(session, (old_mnt, old_parent), (new_mnt, new_parent)),
+            );
+        }
+        if exchange && is_directory(new_dentry) {
+            verdict = stronger(
+                verdict,
+                leaving_trees(session, (new_mnt, new_parent), (old_mnt, old_parent)),
+            );
+        }
+    }
+    if verdict.action == ACTION_ALLOW {
+        Ok(())
+    } else {
+        Err(finding(verdict, old_mnt, new_mnt))
+    }
+}
+
+/// A read check used to keep a read-denied object's name: its deny or audit applies to
+/// the renaming or linking operation, anything else allows.
+#[inline(always)]
+fn read_guard(session: u32, mnt: u64, dentry: u64) -> Checked {
+    let read = check(session, ACCESS_READ, mnt, dentry, false);
+    if read.action == ACTION_DENY || read.action == ACTION_AUDIT {
+        read
+    } else {
+        ALLOWED
+    }
+}
+
+/// Whether `dentry` is a directory (an unreadable one counts as one: fail closed).
+#[inline(always)]
+fn is_directory(dentry: u64) -> bool {
+    let mode = read_u64(dentry, off!(dentry_d_inode)).and_then(|inode| {
+        if inode == 0 {
+            Ok(0)
+        } else {
+            read_u16(inode, off!(inode_i_mode))
+        }
+    });
+    match mode {
+        Ok(mode) => mode & S_IFMT == S_IFDIR,
+        Err(Unreadable) => true,
+    }
+}
+
+/// The verdict on moving a directory from `from` to `to` (each a mount and a parent
+/// dentry): a deny or audit name pattern whose tree holds `from` but not `to` applies.
+#[inline(always)]
+fn leaving_trees(session: u32, from: (u64, u64), to: (u64, u64)) -> Checked {
+    let (src, dst) = match (
+        pattern_trees(session, from.0, from.1),
+        pattern_trees(session, to.0, to.1),
+    ) {
+        (Ok(src), Ok(dst)) => (src, dst),
+        (Err(rule), _) | (_, Err(rule)) => {
+            return Checked {
+                action: ACTION_DENY,
+                rule,
+            }
+        }
+    };
+    let left = src & !dst;
+    let mut verdict = ALLOWED;
+    if left == 0 {
+        return verdict;
+    }
+    let base = session.wrapping_mul(MAX_NAME_PATTERNS as u32);
+    for i in 0..MAX_NAME_PATTERNS {
+        if left & (1 << i) != 0 {
+            // SAFETY: plain data.
+            if let Some(pattern) = unsafe { PATTERNS.get(&(base + i as u32)) } {
+                if pattern.verdict.action > ACTION_ALLOW {
+                    verdict = stronger(
+                        verdict,
+                        Checked {
+                            action: pattern.verdict.action,
+                            rule: RULE_POLICY_BASE + pattern.verdict.rule as u32,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    verdict
 }
 
 /// `path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry
@@ -174,36 +310,30 @@ pub fn path_link(ctx: LsmContext) -> i32 {
             allow,
         );
     };
-    let new_dir_dentry = match path_parts(new_dir) {
-        Ok((_, dentry)) => dentry,
-        Err(Unreadable) => 0,
-    };
-    // The existing file must be inside (else it becomes writable through the scope), and
-    // so must the new name (else the link plants a file outside).
-    match check_inside(session, mnt, old_dentry)
-        .and_then(|()| check_inside(session, mnt, new_dir_dentry))
-    {
-        Ok(()) => allow,
-        Err(rule) => decide(
-            session,
-            &Finding {
-                op: OP_LINK,
-                rule,
-                errno: EPERM,
-                target: Some(Location {
-                    mnt,
-                    dentry: old_dentry,
-                }),
-                target2: Some(Location {
-                    mnt,
-                    dentry: new_dentry,
-                }),
-                target_pid: 0,
-                detail: 0,
-            },
-            allow,
-        ),
+    // The existing file must be modifiable (else it becomes writable through the scope),
+    // the new name must be creatable (else the link plants a file outside), and a
+    // read-denied file may not get a name its rule does not cover.
+    let mut verdict = stronger(
+        check(session, ACCESS_MODIFY, mnt, old_dentry, false),
+        check(session, ACCESS_MODIFY, mnt, new_dentry, false),
+    );
+    if verdict.action != ACTION_DENY && session_config(session).reads != 0 {
+        verdict = stronger(verdict, read_guard(session, mnt, old_dentry));
     }
+    let mut finding = Finding::at(
+        OP_LINK,
+        verdict.rule,
+        EPERM,
+        Location {
+            mnt,
+            dentry: old_dentry,
+        },
+    );
+    finding.target2 = Some(Location {
+        mnt,
+        dentry: new_dentry,
+    });
+    apply_finding(session, verdict, finding, allow)
 }
 
 /// Whether writing to the object at `(mnt, dentry)` is allowed: regular files and block
@@ -212,7 +342,7 @@ pub fn path_link(ctx: LsmContext) -> i32 {
 /// because one of its other names may lie outside the scope; a file with no name left
 /// (memfd, O_TMPFILE, unlinked) destroys nothing anyone can reach by path.
 #[inline(always)]
-fn check_writable(session: u32, mnt: u64, dentry: u64) -> Result<(), u32> {
+fn check_writable(session: u32, mnt: u64, dentry: u64) -> Checked {
     let inspect = || -> Result<(u16, u32, u32), Unreadable> {
         let inode = read_u64(dentry, off!(dentry_d_inode))?;
         if inode == 0 {
@@ -225,38 +355,44 @@ fn check_writable(session: u32, mnt: u64, dentry: u64) -> Result<(), u32> {
         ))
     };
     let Ok((mode, nlink, rdev)) = inspect() else {
-        return Err(RULE_UNRESOLVED);
+        return Checked {
+            action: ACTION_DENY,
+            rule: RULE_UNRESOLVED,
+        };
     };
     match mode & S_IFMT {
         S_IFREG => {
             if nlink == 0 {
-                return Ok(());
+                return ALLOWED;
             }
             // A session's own processes' /proc files (comm, oom_score_adj, uid_map for
             // `unshare -r`, attr/...) stay writable; other processes' and the kernel's
             // knobs (/proc/sys, /proc/sysrq-trigger) do not.
             if let Ok(Some(task)) = proc_inode_task(dentry) {
                 if in_session(task, session) {
-                    return Ok(());
+                    return ALLOWED;
                 }
             }
-            check_inside(session, mnt, dentry)?;
-            if nlink > 1 {
-                return Err(RULE_MULTI_LINK);
+            let checked = check(session, ACCESS_MODIFY, mnt, dentry, false);
+            if checked.action == ACTION_ALLOW && nlink > 1 {
+                return Checked {
+                    action: ACTION_DENY,
+                    rule: RULE_MULTI_LINK,
+                };
             }
-            Ok(())
+            checked
         }
-        S_IFBLK => check_inside(session, mnt, dentry),
+        S_IFBLK => check(session, ACCESS_MODIFY, mnt, dentry, false),
         S_IFCHR => {
             let any_minor = (rdev & !ANY_MINOR) | ANY_MINOR;
             if DEVICES.get_ptr(&[session, rdev]).is_some()
                 || DEVICES.get_ptr(&[session, any_minor]).is_some()
             {
-                return Ok(());
+                return ALLOWED;
             }
-            check_inside(session, mnt, dentry)
+            check(session, ACCESS_MODIFY, mnt, dentry, false)
         }
-        _ => Ok(()),
+        _ => ALLOWED,
     }
 }
 
@@ -281,29 +417,50 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             allow,
         );
     };
-    if f_mode & FMODE_WRITE == 0 || f_mode & (FMODE_CREATED | FMODE_BACKING | FMODE_NOACCOUNT) != 0
-    {
+    if f_mode & (FMODE_CREATED | FMODE_BACKING | FMODE_NOACCOUNT) != 0 {
+        return allow;
+    }
+    let writing = f_mode & FMODE_WRITE != 0;
+    // Reads are looked at only when some rule speaks for them: reading elsewhere costs one
+    // lookup of the session's settings.
+    let reading = f_mode & (FMODE_READ | FMODE_EXEC) != 0 && session_config(session).reads != 0;
+    if !writing && !reading {
         return allow;
     }
     let Ok((mnt, dentry)) = path_parts(file_path(file)) else {
         return deny_at(
             session,
-            OP_OPEN_WRITE,
+            if writing { OP_OPEN_WRITE } else { OP_READ },
             RULE_UNRESOLVED,
             Location { mnt: 0, dentry: 0 },
             allow,
         );
     };
-    match check_writable(session, mnt, dentry) {
-        Ok(()) => allow,
-        Err(rule) => deny_at(
+    let at = Location { mnt, dentry };
+    if writing {
+        let verdict = apply(
             session,
             OP_OPEN_WRITE,
-            rule,
-            Location { mnt, dentry },
+            check_writable(session, mnt, dentry),
+            EPERM,
+            at,
             allow,
-        ),
+        );
+        if verdict != allow {
+            return verdict;
+        }
     }
+    if reading {
+        return apply(
+            session,
+            OP_READ,
+            check(session, ACCESS_READ, mnt, dentry, false),
+            EACCES,
+            at,
+            allow,
+        );
+    }
+    allow
 }
 
 #[inline(always)]
@@ -317,10 +474,14 @@ fn truncate(session: u32, path: u64, allow: i32) -> i32 {
             allow,
         );
     };
-    match check_writable(session, mnt, dentry) {
-        Ok(()) => allow,
-        Err(rule) => deny_at(session, OP_TRUNCATE, rule, Location { mnt, dentry }, allow),
-    }
+    apply(
+        session,
+        OP_TRUNCATE,
+        check_writable(session, mnt, dentry),
+        EPERM,
+        Location { mnt, dentry },
+        allow,
+    )
 }
 
 /// `path_truncate(const struct path *path)`: truncate(2); on kernels before 6.2 also
@@ -381,21 +542,26 @@ pub fn move_mount(ctx: LsmContext) -> i32 {
     }
 }
 
-/// Refuses an attribute change (mode, owner, xattr) of `dentry` outside the scopes. Any file
-/// type counts: `chmod 000` on a directory destroys access as surely as on a file.
+/// Applies the policy's answer on modifying `dentry`: an attribute change (mode, owner,
+/// xattr; any file type counts, `chmod 000` on a directory destroys access as surely as on
+/// a file) or the creation of a new name.
 #[inline(always)]
-fn attribute_change(session: u32, op: u32, mnt: u64, dentry: u64, allow: i32) -> i32 {
-    match check_inside(session, mnt, dentry) {
-        Ok(()) => allow,
-        Err(rule) => deny_at(session, op, rule, Location { mnt, dentry }, allow),
-    }
+fn modification(session: u32, op: u32, mnt: u64, dentry: u64, allow: i32) -> i32 {
+    apply(
+        session,
+        op,
+        check(session, ACCESS_MODIFY, mnt, dentry, false),
+        EPERM,
+        Location { mnt, dentry },
+        allow,
+    )
 }
 
-/// [`attribute_change`] of the object at the `struct path` pointer `path`.
+/// [`modification`] of the object at the `struct path` pointer `path`.
 #[inline(always)]
 fn attribute_change_at(session: u32, op: u32, path: u64, allow: i32) -> i32 {
     match path_parts(path) {
-        Ok((mnt, dentry)) => attribute_change(session, op, mnt, dentry, allow),
+        Ok((mnt, dentry)) => modification(session, op, mnt, dentry, allow),
         Err(Unreadable) => deny_at(
             session,
             op,
@@ -436,7 +602,7 @@ pub fn inode_setxattr(ctx: LsmContext) -> i32 {
         Ok(entered) => entered,
         Err(verdict) => return verdict,
     };
-    attribute_change(
+    modification(
         session,
         OP_SETXATTR,
         0,
@@ -453,7 +619,7 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
         Ok(entered) => entered,
         Err(verdict) => return verdict,
     };
-    attribute_change(
+    modification(
         session,
         OP_REMOVEXATTR,
         0,
@@ -462,11 +628,12 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     )
 }
 
-/// Creation of `dentry` in the directory at the `struct path` pointer `dir`: the directory
-/// must be inside a scope. A new file in /etc/cron.d is as harmful as a deleted one.
+/// Creation of `dentry` in the directory at the `struct path` pointer `dir`, decided on the
+/// new (still negative) dentry, so that its directory's rules and its own name count. A new
+/// file in /etc/cron.d is as harmful as a deleted one.
 #[inline(always)]
 fn creation(session: u32, op: u32, dir: u64, dentry: u64, allow: i32) -> i32 {
-    let Ok((mnt, dir_dentry)) = path_parts(dir) else {
+    let Ok((mnt, _)) = path_parts(dir) else {
         return deny_at(
             session,
             op,
@@ -475,10 +642,7 @@ fn creation(session: u32, op: u32, dir: u64, dentry: u64, allow: i32) -> i32 {
             allow,
         );
     };
-    match check_inside(session, mnt, dir_dentry) {
-        Ok(()) => allow,
-        Err(rule) => deny_at(session, op, rule, Location { mnt, dentry }, allow),
-    }
+    modification(session, op, mnt, dentry, allow)
 }
 
 /// `path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int

@@ -1,8 +1,9 @@
 //! Every map the programs share with user space. User space fills the configuration maps
 //! before a session's first command runs and reads `EVENTS` and `STATS`.
 use agent_guard_common::{
-    Event, ScopeKey, SessionConfig, EVENT_RING_BYTES, MAX_PENDING_ENROLMENTS, MAX_SCOPE_ENTRIES,
-    MAX_SESSIONS, MAX_SESSION_TASKS, STAT_SLOTS,
+    Event, NamePattern, RuleEntry, ScopeKey, SessionConfig, EVENT_RING_BYTES, MAX_DEVICE_ENTRIES,
+    MAX_NAME_PATTERNS, MAX_PENDING_ENROLMENTS, MAX_RULE_ENTRIES, MAX_SESSIONS, MAX_SESSION_TASKS,
+    STAT_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
@@ -24,21 +25,22 @@ pub static ENROLL: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PENDING_ENR
 #[map]
 pub static SESSIONS: HashMap<u32, SessionConfig> = HashMap::with_max_entries(MAX_SESSIONS, 0);
 
-/// Writable scopes: (session, device, inode) of each scope root. The value is the index of
-/// the policy rule that put it there.
+/// Path rules: what each session's policy attaches to a file or directory, keyed by the
+/// kernel's identity of the object. See `agent_guard_common::decision` for how the walk
+/// combines them.
 #[map]
-pub static SCOPES: HashMap<ScopeKey, u32> = HashMap::with_max_entries(MAX_SCOPE_ENTRIES, 0);
+pub static RULES: HashMap<ScopeKey, RuleEntry> = HashMap::with_max_entries(MAX_RULE_ENTRIES, 0);
 
-/// Protected paths: (session, device, inode) of files and directories that stay
-/// undestroyable even inside a writable scope (a workspace's `.git/hooks`, a database).
-/// Protection wins over writability: the walk meets the protected ancestor first.
+/// Name patterns: key `session * MAX_NAME_PATTERNS + index`, for `index` below the
+/// session's `SessionConfig::patterns`.
 #[map]
-pub static PROTECTED: HashMap<ScopeKey, u32> = HashMap::with_max_entries(MAX_SCOPE_ENTRIES, 0);
+pub static PATTERNS: HashMap<u32, NamePattern> =
+    HashMap::with_max_entries(MAX_SESSIONS * MAX_NAME_PATTERNS as u32, 0);
 
 /// Character devices a session may open for writing: key `[session, rdev]`, where an rdev
 /// whose minor is all ones (0xfffff) admits every minor of that major.
 #[map]
-pub static DEVICES: HashMap<[u32; 2], u32> = HashMap::with_max_entries(MAX_SCOPE_ENTRIES, 0);
+pub static DEVICES: HashMap<[u32; 2], u32> = HashMap::with_max_entries(MAX_DEVICE_ENTRIES, 0);
 
 /// Decisions on their way to user space.
 #[map]
@@ -52,6 +54,14 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0
 /// is far larger than the 512-byte BPF stack.
 #[map]
 pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+/// State of the policy walk (see `scope::check`).
+#[map]
+pub static WALK: PerCpuArray<crate::scope::WalkState> = PerCpuArray::with_max_entries(1, 0);
+
+/// The name of the dentry the walk is at, behind a zeroed window (see `scope::NameBuf`).
+#[map]
+pub static NAME: PerCpuArray<crate::scope::NameBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// State of the path rendering loop (see `scope::render`).
 #[map]

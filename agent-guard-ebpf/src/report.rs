@@ -10,10 +10,12 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
 };
 
+use agent_guard_common::{ACTION_ALLOW, ACTION_AUDIT};
+
 use crate::{
     kernel::{current_task, file_path, off, path_parts, read_u32, read_u64},
-    maps::{EVENTS, SCRATCH, SESSIONS, STATS},
-    scope::render,
+    maps::{EVENTS, SCRATCH, STATS},
+    scope::{render, session_config, Checked},
 };
 
 /// A location to print in an event: a dentry and the mount it was reached through.
@@ -39,9 +41,15 @@ pub struct Finding {
 /// verdict the hook was given) in audit mode.
 #[inline(always)]
 pub fn decide(session: u32, finding: &Finding, allow: i32) -> i32 {
+    settle(session, finding, allow, false)
+}
+
+/// Like [`decide`], but `audit_rule` marks a finding whose rule only audits: it is reported
+/// and allowed whatever the session's mode.
+#[inline(always)]
+fn settle(session: u32, finding: &Finding, allow: i32, audit_rule: bool) -> i32 {
     // A session without settings is enforcing: fail closed.
-    // SAFETY: SessionConfig is plain data; a concurrent update can only swap the mode.
-    let audit = unsafe { SESSIONS.get(&session) }.is_some_and(|c| c.mode == MODE_AUDIT);
+    let audit = audit_rule || session_config(session).mode == MODE_AUDIT;
     let (decision, verdict, stat) = if audit {
         (DECISION_AUDIT, allow, STAT_AUDITED)
     } else {
@@ -60,19 +68,52 @@ pub fn decide(session: u32, finding: &Finding, allow: i32) -> i32 {
 /// Convenience for the common case: `op` refused with EPERM by `rule` at `target`.
 #[inline(always)]
 pub fn deny_at(session: u32, op: u32, rule: u32, target: Location, allow: i32) -> i32 {
-    decide(
+    decide(session, &Finding::at(op, rule, EPERM, target), allow)
+}
+
+/// Carries out what the policy said about `op` at `target`: nothing for allow, a report
+/// for audit, a refusal with `errno` (and a report) for deny.
+#[inline(always)]
+pub fn apply(
+    session: u32,
+    op: u32,
+    checked: Checked,
+    errno: i32,
+    target: Location,
+    allow: i32,
+) -> i32 {
+    apply_finding(
         session,
-        &Finding {
+        checked,
+        Finding::at(op, checked.rule, errno, target),
+        allow,
+    )
+}
+
+/// [`apply`] for a finding the caller built (two paths, a detail).
+#[inline(always)]
+pub fn apply_finding(session: u32, checked: Checked, finding: Finding, allow: i32) -> i32 {
+    match checked.action {
+        ACTION_ALLOW => allow,
+        ACTION_AUDIT => settle(session, &finding, allow, true),
+        _ => settle(session, &finding, allow, false),
+    }
+}
+
+impl Finding {
+    /// `op` at `target`, decided by `rule`.
+    #[inline(always)]
+    pub fn at(op: u32, rule: u32, errno: i32, target: Location) -> Self {
+        Self {
             op,
             rule,
-            errno: EPERM,
+            errno,
             target: Some(target),
             target2: None,
             target_pid: 0,
             detail: 0,
-        },
-        allow,
-    )
+        }
+    }
 }
 
 #[inline(always)]

@@ -1,4 +1,4 @@
-//! Where a dentry really lies: inside one of the session's writable scopes or not, and the
+//! What a session's policy says about a dentry, judged where the dentry really lies, and the
 //! path the kernel would print for it.
 //!
 //! The decision walks `d_parent` inside the dentry's own filesystem. A bind mount therefore
@@ -11,8 +11,9 @@
 //! following every iteration of every path, which keeps the programs well inside its limits
 //! on kernels from 6.1 on.
 use agent_guard_common::{
-    ScopeKey, EVENT_DATA_LEN, MAX_PATH_DEPTH, NAME_BUF_LEN, PATH_BUF_LEN, RULE_OUTSIDE_SCOPE,
-    RULE_PATH_TOO_DEEP, RULE_PROTECTED, RULE_SCOPE_ROOT, RULE_UNRESOLVED,
+    conclude, NameWindows, ScopeKey, SessionConfig, Walk, ACCESS_MODIFY, ACTION_DENY,
+    EVENT_DATA_LEN, MAX_NAME_PATTERNS, MAX_PATH_DEPTH, NAME_BUF_LEN, PATH_BUF_LEN, PATTERN_WINDOW,
+    RULE_PATH_TOO_DEEP, RULE_UNRESOLVED,
 };
 use core::ffi::c_void;
 
@@ -20,66 +21,156 @@ use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
 
 use crate::{
     kernel::{inode_identity, mounted_on, off, read_u64, Unreadable},
-    maps::{PROTECTED, RENDER, SCOPES, SCRATCH},
+    maps::{NAME, PATTERNS, RENDER, RULES, SCRATCH, SESSIONS, WALK},
 };
 
-/// State of the scope walk, shared with its `bpf_loop` callback.
-#[repr(C)]
-struct WalkState {
-    session: u32,
-    /// 0 while walking, 1 when inside a scope, otherwise the rule that puts it outside.
-    verdict: u32,
-    dentry: u64,
-    mnt: u64,
+/// What the policy says about one access to one object: an action (`ACTION_ALLOW`,
+/// `ACTION_AUDIT` or `ACTION_DENY`) and the rule code events carry.
+#[derive(Clone, Copy)]
+pub struct Checked {
+    pub action: u16,
+    pub rule: u32,
 }
 
-const WALKING: u32 = 0;
-const INSIDE: u32 = u32::MAX;
-
-/// `Ok(())` when `dentry` (seen through `mnt`) is inside a writable scope of `session`,
-/// otherwise the rule that puts it outside. Unresolvable locations are outside: fail closed.
-#[inline(always)]
-pub fn check_inside(session: u32, mnt: u64, dentry: u64) -> Result<(), u32> {
-    let mut state = WalkState {
-        session,
-        verdict: WALKING,
-        dentry,
-        mnt,
-    };
-    // SAFETY: the callback only touches `state` through the pointer it is given.
-    let ran = unsafe {
-        bpf_loop(
-            MAX_PATH_DEPTH,
-            walk_step as *mut c_void,
-            (&mut state as *mut WalkState).cast(),
-            0,
-        )
-    };
-    match state.verdict {
-        INSIDE => Ok(()),
-        WALKING if ran >= 0 => Err(RULE_PATH_TOO_DEEP),
-        WALKING => Err(RULE_UNRESOLVED),
-        rule => Err(rule),
+impl Checked {
+    const fn deny(rule: u32) -> Self {
+        Self {
+            action: ACTION_DENY,
+            rule,
+        }
     }
 }
 
-/// One level of the scope walk. Returns 1 to stop the loop.
+/// The session's settings; a session without any is enforcing, with no patterns and no
+/// read rules.
+#[inline(always)]
+pub fn session_config(session: u32) -> SessionConfig {
+    // SAFETY: plain data; a concurrent update can only swap it for the session's next one.
+    match unsafe { SESSIONS.get(&session) } {
+        Some(config) => *config,
+        None => SessionConfig {
+            mode: 0,
+            patterns: 0,
+            reads: 0,
+            _pad: 0,
+        },
+    }
+}
+
+/// State of one policy walk, kept in the per-CPU `WALK` map so that the verifier checks its
+/// `bpf_loop` callback once (see `RenderState`).
+#[repr(C)]
+pub struct WalkState {
+    session: u32,
+    status: u32,
+    /// Name patterns of the session, from its `SessionConfig`.
+    patterns: u32,
+    /// Non-zero to walk all the way up even once the verdict is settled (to learn which
+    /// pattern trees hold the object).
+    full: u32,
+    dentry: u64,
+    mnt: u64,
+    walk: Walk,
+}
+
+const WALKING: u32 = 0;
+const FINISHED: u32 = 1;
+const UNRESOLVED: u32 = 2;
+
+/// A dentry's name behind a zeroed window: `bytes[WINDOW..]` holds the name, so the 32
+/// bytes that end with its last byte start at `bytes[len]` even for a name shorter than
+/// the window.
+#[repr(C)]
+pub struct NameBuf {
+    bytes: [u8; PATTERN_WINDOW + NAME_BUF_LEN + PATTERN_WINDOW],
+}
+
+/// Walks from `dentry` (seen through `mnt`; 0 when the hook gives no mount, which ends the
+/// walk at the root of the dentry's filesystem) towards `/`, and returns the state.
+#[inline(always)]
+fn walk(
+    session: u32,
+    access: u32,
+    mnt: u64,
+    dentry: u64,
+    full: bool,
+) -> Option<&'static WalkState> {
+    let state = WALK.get_ptr_mut(0)?;
+    let config = session_config(session);
+    // SAFETY: the per-CPU slot belongs to this program run.
+    unsafe {
+        *state = WalkState {
+            session,
+            status: WALKING,
+            patterns: config.patterns,
+            full: full as u32,
+            dentry,
+            mnt,
+            walk: Walk::new(access),
+        };
+        // The callback finds its state in the map; it needs no context pointer.
+        bpf_loop(
+            MAX_PATH_DEPTH,
+            walk_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+        Some(&*state)
+    }
+}
+
+/// What the policy of `session` says about `access` to the object at `dentry`. `removal`
+/// marks checks of an object that is about to lose its name (unlink, rmdir, either side of
+/// a rename): removing the root of a writable scope is refused, since it would remove the
+/// scope. Anything the walk cannot establish is denied: fail closed.
+#[inline(always)]
+pub fn check(session: u32, access: u32, mnt: u64, dentry: u64, removal: bool) -> Checked {
+    let Some(state) = walk(session, access, mnt, dentry, false) else {
+        return Checked::deny(RULE_UNRESOLVED);
+    };
+    match state.status {
+        UNRESOLVED => Checked::deny(RULE_UNRESOLVED),
+        status => {
+            let (action, rule) = conclude(&state.walk, status == FINISHED, removal);
+            Checked { action, rule }
+        }
+    }
+}
+
+/// The name-pattern trees that hold the object at `dentry` (bit `i` for pattern `i`), or
+/// `Err(rule)` when its location cannot be established.
+#[inline(always)]
+pub fn pattern_trees(session: u32, mnt: u64, dentry: u64) -> Result<u32, u32> {
+    let Some(state) = walk(session, ACCESS_MODIFY, mnt, dentry, true) else {
+        return Err(RULE_UNRESOLVED);
+    };
+    match state.status {
+        FINISHED => Ok(state.walk.trees),
+        UNRESOLVED => Err(RULE_UNRESOLVED),
+        _ => Err(RULE_PATH_TOO_DEEP),
+    }
+}
+
+/// One level of the walk. Returns 1 to stop the loop.
 #[inline(never)]
-extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the WalkState that check_inside passed to bpf_loop.
-    let state = unsafe { &mut *ctx.cast::<WalkState>() };
+extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(state) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU slot belongs to this program run.
+    let state = unsafe { &mut *state };
     match step(state) {
-        Ok(true) => 1,
-        Ok(false) => 0,
+        Ok(()) if state.status == WALKING => 0,
+        Ok(()) => 1,
         Err(Unreadable) => {
-            state.verdict = RULE_UNRESOLVED;
+            state.status = UNRESOLVED;
             1
         }
     }
 }
 
 #[inline(always)]
-fn step(state: &mut WalkState) -> Result<bool, Unreadable> {
+fn step(state: &mut WalkState) -> Result<(), Unreadable> {
     let d = state.dentry;
     if let Some((dev, ino)) = inode_identity(d)? {
         let key = ScopeKey {
@@ -87,72 +178,108 @@ fn step(state: &mut WalkState) -> Result<bool, Unreadable> {
             dev,
             ino,
         };
-        // Nearest first: a protected path inside a scope is met before the scope root.
-        if PROTECTED.get_ptr(&key).is_some() {
-            state.verdict = RULE_PROTECTED;
-            return Ok(true);
-        }
-        if SCOPES
-            .get_ptr(&ScopeKey {
-                session: state.session,
-                dev,
-                ino,
-            })
-            .is_some()
-        {
-            state.verdict = INSIDE;
-            return Ok(true);
+        // SAFETY: plain data.
+        if let Some(entry) = unsafe { RULES.get(&key) } {
+            let confirmed = state.walk.entry(entry);
+            if confirmed != 0 {
+                confirm_patterns(state, confirmed);
+            }
         }
     }
+    if state.patterns != 0 {
+        match_name(state, d)?;
+    }
+    if state.walk.settled() && state.full == 0 {
+        state.status = FINISHED;
+        return Ok(());
+    }
+    state.walk.up();
     let parent = read_u64(d, off!(dentry_d_parent))?;
     if parent != d {
         state.dentry = parent;
-        return Ok(false);
+        return Ok(());
     }
     // The root of this filesystem. Without a mount (the xattr hooks pass none) the walk
-    // ends here: no scope on this filesystem holds the target.
+    // ends here.
     if state.mnt == 0 {
-        state.verdict = RULE_OUTSIDE_SCOPE;
-        return Ok(true);
+        state.status = FINISHED;
+        return Ok(());
     }
     // Step into the mount that shows it whole; a mount that shows only a subtree (a bind
     // mount) does not say where this root lives.
     let mnt_root = read_u64(state.mnt, off!(vfsmount_mnt_root))?;
     if mnt_root != d {
-        state.verdict = RULE_OUTSIDE_SCOPE;
-        return Ok(true);
+        state.status = FINISHED;
+        return Ok(());
     }
     match mounted_on(state.mnt)? {
         Some(up) => {
             state.dentry = up.mountpoint;
             state.mnt = up.parent_mnt;
-            Ok(false)
         }
-        None => {
-            state.verdict = RULE_OUTSIDE_SCOPE;
-            Ok(true)
+        None => state.status = FINISHED,
+    }
+    Ok(())
+}
+
+/// Offers the verdicts of the patterns in `confirmed` (their tree is the current level).
+#[inline(always)]
+fn confirm_patterns(state: &mut WalkState, confirmed: u32) {
+    let base = state.session.wrapping_mul(MAX_NAME_PATTERNS as u32);
+    for i in 0..MAX_NAME_PATTERNS {
+        if confirmed & (1 << i) != 0 {
+            // SAFETY: plain data.
+            if let Some(pattern) = unsafe { PATTERNS.get(&(base + i as u32)) } {
+                state.walk.confirm(i, pattern);
+            }
         }
     }
 }
 
-/// `Err(RULE_SCOPE_ROOT)` when `dentry` is itself a scope root of `session` (removing or
-/// moving it would remove the scope), `Err(RULE_PROTECTED)` when it is protected.
+/// Matches the current dentry's name against the session's patterns.
 #[inline(always)]
-pub fn check_not_scope_root(session: u32, dentry: u64) -> Result<(), u32> {
-    match inode_identity(dentry) {
-        Ok(Some((dev, ino))) => {
-            let key = ScopeKey { session, dev, ino };
-            if PROTECTED.get_ptr(&key).is_some() {
-                Err(RULE_PROTECTED)
-            } else if SCOPES.get_ptr(&key).is_some() {
-                Err(RULE_SCOPE_ROOT)
-            } else {
-                Ok(())
+fn match_name(state: &mut WalkState, dentry: u64) -> Result<(), Unreadable> {
+    let buf = NAME.get_ptr_mut(0).ok_or(Unreadable)?;
+    let name = read_u64(dentry, off!(dentry_d_name) + off!(qstr_name))?;
+    // SAFETY: the per-CPU buffer belongs to this program run; the helper writes at most
+    // NAME_BUF_LEN bytes from offset PATTERN_WINDOW, inside the buffer, and the window
+    // reads below stay inside it (len < NAME_BUF_LEN).
+    let windows = unsafe {
+        let bytes = (*buf).bytes.as_mut_ptr();
+        let n = bpf_probe_read_kernel_str(
+            bytes.add(PATTERN_WINDOW).cast(),
+            NAME_BUF_LEN as u32,
+            name as *const _,
+        );
+        if n <= 0 {
+            return Err(Unreadable);
+        }
+        let len = (n as usize - 1) & (NAME_BUF_LEN - 1);
+        let word = |at: usize| core::ptr::read_unaligned(bytes.add(at).cast::<u64>());
+        NameWindows {
+            len: len as u32,
+            head: [
+                word(PATTERN_WINDOW),
+                word(PATTERN_WINDOW + 8),
+                word(PATTERN_WINDOW + 16),
+                word(PATTERN_WINDOW + 24),
+            ],
+            tail: [word(len), word(len + 8), word(len + 16), word(len + 24)],
+        }
+    };
+    let base = state.session.wrapping_mul(MAX_NAME_PATTERNS as u32);
+    for i in 0..MAX_NAME_PATTERNS {
+        if i as u32 >= state.patterns {
+            break;
+        }
+        // SAFETY: plain data.
+        if let Some(pattern) = unsafe { PATTERNS.get(&(base + i as u32)) } {
+            if pattern.matches(&windows) {
+                state.walk.name_matched(i, pattern);
             }
         }
-        Ok(None) => Ok(()),
-        Err(Unreadable) => Err(RULE_UNRESOLVED),
     }
+    Ok(())
 }
 
 /// State of the path rendering, kept in the per-CPU `RENDER` map rather than on the stack:

@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 
 use agent_guard_common::{
-    ScopeKey, SessionConfig, MODE_AUDIT, MODE_ENFORCE, STAT_AUDITED, STAT_DENIED, STAT_LOST_EVENTS,
+    NamePattern, RuleEntry, ScopeKey, SessionConfig, MAX_NAME_PATTERNS, MODE_AUDIT, MODE_ENFORCE,
+    STAT_AUDITED, STAT_DENIED, STAT_LOST_EVENTS,
 };
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
@@ -15,7 +16,7 @@ use aya::{
 
 use crate::{
     kernel_btf::{self, KernelBtf},
-    policy::{Mode, ResolvedPolicy},
+    policy::{compile::compile, Mode, ResolvedPolicy},
 };
 
 /// The BPF object built by build.rs from `agent-guard-ebpf`.
@@ -196,6 +197,11 @@ pub struct Stats {
     pub lost: u64,
 }
 
+/// Key of pattern `index` of `session` in the `PATTERNS` map.
+fn pattern_key(session: u32, index: usize) -> u32 {
+    session.wrapping_mul(MAX_NAME_PATTERNS as u32) + index as u32
+}
+
 /// The loaded and attached programs.
 pub struct Guard {
     ebpf: Ebpf,
@@ -285,10 +291,11 @@ impl Guard {
 
     /// Replaces the identities `stat` gave the policy's paths with the kernel side's own.
     pub fn identify_policy(&mut self, policy: &mut ResolvedPolicy) -> Result<(), IdentifyError> {
-        for scope in policy.scopes.iter_mut().chain(policy.protected.iter_mut()) {
-            let (dev, ino) = self.identify(&scope.path)?;
-            scope.dev = dev;
-            scope.ino = ino;
+        let trees = policy.patterns.iter_mut().map(|p| &mut p.tree);
+        for object in policy.objects.iter_mut().chain(trees) {
+            let (dev, ino) = self.identify(&object.path)?;
+            object.dev = dev;
+            object.ino = ino;
         }
         Ok(())
     }
@@ -310,28 +317,20 @@ impl Guard {
             Mode::Enforce => MODE_ENFORCE,
             Mode::Audit => MODE_AUDIT,
         };
+        let compiled = compile(policy);
         {
-            let mut scopes: HashMap<_, ScopeKey, u32> = self.hash_map("SCOPES")?;
-            for scope in &policy.scopes {
-                let key = ScopeKey {
-                    session,
-                    dev: scope.dev,
-                    ino: scope.ino,
-                };
-                scopes.insert(key, scope.rule, 0).map_err(write("SCOPES"))?;
+            let mut rules: HashMap<_, ScopeKey, RuleEntry> = self.hash_map("RULES")?;
+            for (&(dev, ino), entry) in &compiled.entries {
+                let key = ScopeKey { session, dev, ino };
+                rules.insert(key, *entry, 0).map_err(write("RULES"))?;
             }
         }
         {
-            let mut protected: HashMap<_, ScopeKey, u32> = self.hash_map("PROTECTED")?;
-            for path in &policy.protected {
-                let key = ScopeKey {
-                    session,
-                    dev: path.dev,
-                    ino: path.ino,
-                };
-                protected
-                    .insert(key, path.rule, 0)
-                    .map_err(write("PROTECTED"))?;
+            let mut patterns: HashMap<_, u32, NamePattern> = self.hash_map("PATTERNS")?;
+            for (index, pattern) in compiled.patterns.iter().enumerate() {
+                patterns
+                    .insert(pattern_key(session, index), *pattern, 0)
+                    .map_err(write("PATTERNS"))?;
             }
         }
         {
@@ -345,7 +344,16 @@ impl Guard {
         }
         let mut sessions: HashMap<_, u32, SessionConfig> = self.hash_map("SESSIONS")?;
         sessions
-            .insert(session, SessionConfig { mode, _pad: 0 }, 0)
+            .insert(
+                session,
+                SessionConfig {
+                    mode,
+                    patterns: compiled.patterns.len() as u32,
+                    reads: compiled.reads as u32,
+                    _pad: 0,
+                },
+                0,
+            )
             .map_err(write("SESSIONS"))?;
         Ok(())
     }
@@ -355,22 +363,15 @@ impl Guard {
         if let Ok(mut sessions) = self.hash_map::<u32, SessionConfig>("SESSIONS") {
             let _ = sessions.remove(&session);
         }
-        if let Ok(mut scopes) = self.hash_map::<ScopeKey, u32>("SCOPES") {
-            for scope in &policy.scopes {
-                let _ = scopes.remove(&ScopeKey {
-                    session,
-                    dev: scope.dev,
-                    ino: scope.ino,
-                });
+        let compiled = compile(policy);
+        if let Ok(mut rules) = self.hash_map::<ScopeKey, RuleEntry>("RULES") {
+            for &(dev, ino) in compiled.entries.keys() {
+                let _ = rules.remove(&ScopeKey { session, dev, ino });
             }
         }
-        if let Ok(mut protected) = self.hash_map::<ScopeKey, u32>("PROTECTED") {
-            for path in &policy.protected {
-                let _ = protected.remove(&ScopeKey {
-                    session,
-                    dev: path.dev,
-                    ino: path.ino,
-                });
+        if let Ok(mut patterns) = self.hash_map::<u32, NamePattern>("PATTERNS") {
+            for index in 0..compiled.patterns.len() {
+                let _ = patterns.remove(&pattern_key(session, index));
             }
         }
         if let Ok(mut devices) = self.hash_map::<[u32; 2], u32>("DEVICES") {

@@ -9,10 +9,11 @@ use std::{
 use agent_guard_common::{
     Event, EventHeader, DECISION_AUDIT, DECISION_DENY, EVENT_DATA_LEN, EVENT_DECISION, EVENT_PATHS,
     FLAG_PATH_TRUNCATED, OP_BPF, OP_CHMOD, OP_CHOWN, OP_CREATE, OP_EXEC, OP_FORK, OP_LINK,
-    OP_MKDIR, OP_MOUNT, OP_OPEN_WRITE, OP_PTRACE, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SETXATTR,
-    OP_SIGNAL, OP_SYMLINK, OP_TRUNCATE, OP_UNLINK, PATH_EXE, PATH_TARGET, PATH_TARGET2, RULE_MOUNT,
-    RULE_MULTI_LINK, RULE_NO_BPF, RULE_OUTSIDE_SCOPE, RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP,
-    RULE_PROTECTED, RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
+    OP_MKDIR, OP_MOUNT, OP_OPEN_WRITE, OP_PTRACE, OP_READ, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR,
+    OP_SETXATTR, OP_SIGNAL, OP_SYMLINK, OP_TRUNCATE, OP_UNLINK, PATH_EXE, PATH_TARGET,
+    PATH_TARGET2, RULE_MOUNT, RULE_MULTI_LINK, RULE_NO_BPF, RULE_OUTSIDE_SCOPE,
+    RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP, RULE_POLICY_BASE, RULE_SCOPE_ROOT,
+    RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
 };
 use serde::Serialize;
 
@@ -46,6 +47,7 @@ pub fn op_name(op: u32) -> Result<&'static str, DecodeError> {
         OP_CREATE => "create",
         OP_MKDIR => "mkdir",
         OP_SYMLINK => "symlink",
+        OP_READ => "read",
         value => {
             return Err(DecodeError::Unknown {
                 field: "operation",
@@ -55,7 +57,39 @@ pub fn op_name(op: u32) -> Result<&'static str, DecodeError> {
     })
 }
 
-/// Rule names as they appear in events.
+/// The rule that decided: a built-in reason, or a rule of the session's policy by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleId {
+    Builtin(&'static str),
+    Policy(u16),
+}
+
+impl RuleId {
+    /// Decodes a rule code.
+    pub fn decode(code: u32) -> Result<Self, DecodeError> {
+        if code >= RULE_POLICY_BASE {
+            return u16::try_from(code - RULE_POLICY_BASE)
+                .map(Self::Policy)
+                .map_err(|_| DecodeError::Unknown {
+                    field: "rule",
+                    value: code,
+                });
+        }
+        rule_name(code).map(Self::Builtin)
+    }
+
+    /// The name events print, given the names of the session's policy rules.
+    pub fn name<'a>(&self, policy_rules: &'a [String]) -> &'a str {
+        match *self {
+            Self::Builtin(name) => name,
+            Self::Policy(index) => policy_rules
+                .get(index as usize)
+                .map_or("unknown-policy-rule", String::as_str),
+        }
+    }
+}
+
+/// Names of the built-in reasons as they appear in events.
 pub fn rule_name(rule: u32) -> Result<&'static str, DecodeError> {
     Ok(match rule {
         RULE_OUTSIDE_SCOPE => "outside-writable-scope",
@@ -67,7 +101,6 @@ pub fn rule_name(rule: u32) -> Result<&'static str, DecodeError> {
         RULE_MOUNT => "no-mount",
         RULE_OUTSIDE_SESSION => "target-outside-session",
         RULE_NO_BPF => "no-bpf",
-        RULE_PROTECTED => "protected-path",
         value => {
             return Err(DecodeError::Unknown {
                 field: "rule",
@@ -83,6 +116,7 @@ pub fn errno_name(errno: u32) -> Option<&'static str> {
         libc::EPERM => Some("EPERM"),
         libc::EAGAIN => Some("EAGAIN"),
         libc::ENOMEM => Some("ENOMEM"),
+        libc::EACCES => Some("EACCES"),
         _ => None,
     }
 }
@@ -93,7 +127,7 @@ pub struct Decision {
     pub session: u32,
     pub op: &'static str,
     pub decision: &'static str,
-    pub rule: &'static str,
+    pub rule: RuleId,
     pub errno: u32,
     pub pid: u32,
     pub tid: u32,
@@ -186,7 +220,7 @@ impl Decision {
             session: h.session,
             op: op_name(h.op)?,
             decision,
-            rule: rule_name(h.rule)?,
+            rule: RuleId::decode(h.rule)?,
             errno: h.errno,
             pid: h.pid,
             tid: h.tid,
@@ -291,7 +325,7 @@ pub struct DecisionRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_command: Option<u32>,
     pub decision: &'static str,
-    pub rule: &'static str,
+    pub rule: &'a str,
     pub errno: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno_name: Option<&'static str>,
@@ -441,7 +475,7 @@ mod tests {
         let event = Decision::decode(&sample_event()).unwrap();
         assert_eq!(event.op, "rename");
         assert_eq!(event.decision, "deny");
-        assert_eq!(event.rule, "outside-writable-scope");
+        assert_eq!(event.rule, RuleId::Builtin("outside-writable-scope"));
         assert_eq!(
             event.paths,
             vec!["/prod/db".to_owned(), "/tmp/x".to_owned()]

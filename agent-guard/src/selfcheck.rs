@@ -8,6 +8,7 @@
 use std::{
     ffi::OsString,
     io,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -17,7 +18,10 @@ use nix::sys::wait::waitpid;
 use crate::{
     bpf::{Guard, SessionMapError},
     events::Decision,
-    policy::{Mode, ResolvedPolicy, ResolvedScope},
+    policy::{
+        kernel_dev, Access, Action, Location, Mode, ResolvedObject, ResolvedPolicy, RuleSummary,
+        WRITABLE_RULE,
+    },
     session::{shell_status, spawn_enrolled, SpawnError},
 };
 
@@ -130,8 +134,24 @@ pub fn run_canary(
     let mut policy = ResolvedPolicy {
         source: "<canary>".into(),
         mode: Mode::Enforce,
-        scopes: vec![ResolvedScope::from_metadata(scope.clone(), &meta, 0)],
-        protected: Vec::new(),
+        rules: vec![RuleSummary {
+            name: WRITABLE_RULE.into(),
+            action: Action::Allow,
+            access: Access::Modify,
+            location: Location {
+                file: "<canary>".into(),
+                line: 1,
+                column: 1,
+            },
+        }],
+        objects: vec![ResolvedObject {
+            rule: 0,
+            text: scope.display().to_string(),
+            dev: kernel_dev(meta.dev()),
+            ino: meta.ino(),
+            path: scope.clone(),
+        }],
+        patterns: Vec::new(),
         devices: Vec::new(),
     };
     guard.identify_policy(&mut policy)?;

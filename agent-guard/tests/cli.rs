@@ -155,3 +155,115 @@ fn policy_show_expands_variables_and_resolves_inodes() {
     assert!(stdout.contains(&format!("inode {ino})")), "{stdout}");
     assert!(stdout.contains("mode: enforce"), "{stdout}");
 }
+
+/// `policy explain` on this host's files: the nearest rule decides, deny beats allow at the
+/// same level, reads are refused only where a rule says so, and a missing parent is an error.
+#[test]
+fn policy_explain_names_the_deciding_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    for sub in ["ws/.git/hooks", "ws/data", "home/.ssh", "outside"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for file in [
+        "ws/main.rs",
+        "ws/data/app.sqlite",
+        "ws/.env",
+        "home/.ssh/id_rsa",
+        "outside/x",
+    ] {
+        std::fs::write(root.join(file), "x").unwrap();
+    }
+    let policy = root.join("p.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[filesystem]\nwritable = [\"${{WORKSPACE}}\"]\nprotected = [\"${{WORKSPACE}}/.git/hooks\", \"${{WORKSPACE}}/**/*.sqlite\"]\nread_denied = [\"{home}/.ssh\", \"${{WORKSPACE}}/**/.env*\"]\n\n[[rule]]\nname = \"audit-outside\"\naction = \"audit\"\npaths = [\"{root}/outside\"]\n",
+            home = root.join("home").display(),
+            root = root.display()
+        ),
+    )
+    .unwrap();
+    let explain = |op: &str, paths: &[&str]| -> serde_json::Value {
+        let out = agent_guard()
+            .current_dir(root.join("ws"))
+            .args(["policy", "explain", "--format", "json", "--policy"])
+            .arg(&policy)
+            .args(["--op", op])
+            .args(paths.iter().map(|p| root.join(p)))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let said = |v: &serde_json::Value| {
+        (
+            v["decision"].as_str().unwrap().to_owned(),
+            v["rule"].as_str().map(str::to_owned),
+        )
+    };
+    let case = |op: &str, paths: &[&str], decision: &str, rule: Option<&str>| {
+        let v = explain(op, paths);
+        assert_eq!(
+            said(&v),
+            (decision.to_owned(), rule.map(str::to_owned)),
+            "{op} {paths:?}: {v}"
+        );
+        v
+    };
+    case("unlink", &["ws/main.rs"], "allow", Some("writable"));
+    let hook = case(
+        "create",
+        &["ws/.git/hooks/pre-push"],
+        "deny",
+        Some("protected"),
+    );
+    assert_eq!(hook["errno"], "EPERM");
+    assert!(hook["written_at"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{}:3:", policy.display())));
+    case(
+        "open-write",
+        &["ws/data/app.sqlite"],
+        "deny",
+        Some("protected"),
+    );
+    case("read", &["ws/data/app.sqlite"], "allow", None);
+    let key = case("read", &["home/.ssh/id_rsa"], "deny", Some("read-denied"));
+    assert_eq!(key["errno"], "EACCES");
+    assert_eq!(
+        key["attached_at"].as_str().unwrap(),
+        root.join("home/.ssh").display().to_string()
+    );
+    case("read", &["ws/.env"], "deny", Some("read-denied"));
+    case(
+        "rename",
+        &["ws/.env", "ws/env"],
+        "deny",
+        Some("read-denied"),
+    );
+    case("unlink", &["outside/x"], "audit", Some("audit-outside"));
+    case(
+        "unlink",
+        &["home/.ssh/id_rsa"],
+        "deny",
+        Some("outside-writable-scope"),
+    );
+    case("rmdir", &["ws"], "deny", Some("scope-root"));
+
+    let out = agent_guard()
+        .current_dir(root.join("ws"))
+        .args(["policy", "explain", "--policy"])
+        .arg(&policy)
+        .args(["--op", "rename"])
+        .arg(root.join("ws/main.rs"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("takes two paths"));
+}

@@ -195,6 +195,7 @@ pub fn run(args: RunArgs) -> i32 {
         writer,
         clock,
         policy: resolved.source.clone(),
+        rule_names: resolved.rule_names(),
         session,
         write_errors: 0,
         lost_reported: 0,
@@ -235,6 +236,8 @@ struct Output {
     writer: EventWriter,
     clock: Clock,
     policy: String,
+    /// Names of the policy's rules, by the index events carry.
+    rule_names: Vec<String>,
     session: u32,
     write_errors: u64,
     /// Lost events already reported.
@@ -262,7 +265,7 @@ impl Output {
             ptrace_mode: (d.op == "ptrace").then_some(d.detail),
             bpf_command: (d.op == "bpf").then_some(d.detail),
             decision: d.decision,
-            rule: d.rule,
+            rule: d.rule.name(&self.rule_names),
             errno: d.errno,
             errno_name: errno_name(d.errno),
             path_truncated: d.truncated,

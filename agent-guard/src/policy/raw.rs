@@ -8,14 +8,28 @@ use toml::Spanned;
 pub struct RawPolicy {
     pub version: Option<Spanned<i64>>,
     pub mode: Option<Spanned<String>>,
+    pub extends: Option<Spanned<String>>,
     pub filesystem: Option<RawFilesystem>,
+    #[serde(default)]
+    pub rule: Vec<Spanned<RawRule>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFilesystem {
-    pub writable: Option<Vec<Spanned<String>>>,
-    pub protected: Option<Vec<Spanned<String>>>,
+    pub writable: Option<Spanned<Vec<Spanned<String>>>>,
+    pub protected: Option<Spanned<Vec<Spanned<String>>>>,
+    pub read_denied: Option<Spanned<Vec<Spanned<String>>>>,
     pub writable_devices: Option<Vec<Spanned<String>>>,
     pub terminals: Option<Spanned<bool>>,
+}
+
+/// One `[[rule]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Spanned<String>,
+    pub action: Spanned<String>,
+    pub access: Option<Spanned<String>>,
+    pub paths: Spanned<Vec<Spanned<String>>>,
 }

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{Location, Mode, Policy, PolicyPath};
+use super::{Access, Action, Location, Mode, NameGlob, Policy, PolicyPath, Target};
 
 /// What a session's variables expand to.
 #[derive(Debug, Clone)]
@@ -49,29 +49,40 @@ pub enum ResolveError {
     },
     #[error("{location}: `{path}` is not a character device\n  hint: `writable_devices` lists device files such as /dev/null")]
     NotADevice { location: Location, path: PathBuf },
+    #[error("{location}: `{text}` expands to a path longer than the kernel side renders (4095 bytes)\n  hint: name a shorter path, such as a parent directory")]
+    TooLong { location: Location, text: String },
 }
 
-/// One writable scope as the kernel will know it.
+/// A rule as events and `policy explain` name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedScope {
+pub struct RuleSummary {
+    pub name: String,
+    pub action: Action,
+    pub access: Access,
+    pub location: Location,
+}
+
+/// A path rule's object as the kernel will know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedObject {
+    /// Index of the rule in [`ResolvedPolicy::rules`].
+    pub rule: u16,
+    /// The entry as written.
+    pub text: String,
     pub path: PathBuf,
     /// `super_block::s_dev` in the kernel's encoding.
     pub dev: u32,
     pub ino: u64,
-    /// Index in the policy's `writable` list.
-    pub rule: u32,
 }
 
-impl ResolvedScope {
-    /// The scope for an object whose metadata was already read.
-    pub fn from_metadata(path: PathBuf, meta: &std::fs::Metadata, rule: u32) -> Self {
-        Self {
-            dev: kernel_dev(meta.dev()),
-            ino: meta.ino(),
-            path,
-            rule,
-        }
-    }
+/// A name pattern with its tree resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPattern {
+    pub rule: u16,
+    pub text: String,
+    /// The tree, resolved like an object.
+    pub tree: ResolvedObject,
+    pub name: NameGlob,
 }
 
 /// A policy with its variables expanded and its paths resolved.
@@ -79,11 +90,18 @@ impl ResolvedScope {
 pub struct ResolvedPolicy {
     pub source: String,
     pub mode: Mode,
-    pub scopes: Vec<ResolvedScope>,
-    /// Protected paths, resolved like the scopes (`rule` is the index in `protected`).
-    pub protected: Vec<ResolvedScope>,
+    pub rules: Vec<RuleSummary>,
+    pub objects: Vec<ResolvedObject>,
+    pub patterns: Vec<ResolvedPattern>,
     /// Character devices (kernel rdev; minor 0xfffff means any minor).
     pub devices: Vec<u32>,
+}
+
+impl ResolvedPolicy {
+    /// Names of the rules, indexed like the rule codes events carry.
+    pub fn rule_names(&self) -> Vec<String> {
+        self.rules.iter().map(|r| r.name.clone()).collect()
+    }
 }
 
 /// The kernel's internal `dev_t` encoding (major << 20 | minor) of a user-space `dev_t`.
@@ -103,13 +121,38 @@ pub fn any_minor(major: u32) -> u32 {
 const TERMINAL_MAJORS: [u32; 10] = [4, 5, 136, 137, 138, 139, 140, 141, 142, 143];
 
 impl Policy {
-    /// Expands variables and resolves every path, at session start.
+    /// Expands variables and resolves every path, at session start. Every path must exist:
+    /// a rule is attached to an object, not to a name that may appear later.
     pub fn resolve(&self, ctx: &SessionContext) -> Result<ResolvedPolicy, ResolveError> {
-        let scopes = resolve_paths(&self.writable, ctx)?;
-        let protected = resolve_paths(&self.protected, ctx)?;
+        let mut objects = Vec::new();
+        let mut patterns = Vec::new();
+        for (index, entry) in self.entries() {
+            let rule = index as u16;
+            match &entry.target {
+                Target::Object(text) => {
+                    let Some((path, meta)) = optional(expand_and_stat(text, entry, ctx), entry)?
+                    else {
+                        continue;
+                    };
+                    objects.push(object(rule, &entry.text, path, &meta));
+                }
+                Target::Names { tree, name } => {
+                    let Some((path, meta)) = optional(expand_and_stat(tree, entry, ctx), entry)?
+                    else {
+                        continue;
+                    };
+                    patterns.push(ResolvedPattern {
+                        rule,
+                        text: entry.text.clone(),
+                        tree: object(rule, &entry.text, path, &meta),
+                        name: name.clone(),
+                    });
+                }
+            }
+        }
         let mut devices = Vec::new();
         for entry in &self.writable_devices {
-            let (path, meta) = expand_and_stat(entry, ctx)?;
+            let (path, meta) = expand_and_stat(&entry.text, entry, ctx)?;
             if !meta.file_type().is_char_device() {
                 return Err(ResolveError::NotADevice {
                     location: entry.location.clone(),
@@ -124,36 +167,91 @@ impl Policy {
         Ok(ResolvedPolicy {
             source: self.source.clone(),
             mode: self.mode,
-            scopes,
-            protected,
+            rules: self
+                .rules
+                .iter()
+                .map(|r| RuleSummary {
+                    name: r.name.clone(),
+                    action: r.action,
+                    access: r.access,
+                    location: r.location.clone(),
+                })
+                .collect(),
+            objects,
+            patterns,
             devices,
         })
     }
 }
 
-/// Expands and resolves each path of a list to the kernel's identity of its object.
-fn resolve_paths(
-    list: &[PolicyPath],
-    ctx: &SessionContext,
-) -> Result<Vec<ResolvedScope>, ResolveError> {
-    let mut out = Vec::with_capacity(list.len());
-    for entry in list {
-        let (path, meta) = expand_and_stat(entry, ctx)?;
-        out.push(ResolvedScope::from_metadata(
-            path,
-            &meta,
-            entry.index as u32,
-        ));
+impl Policy {
+    /// Every path problem a session started with `ctx` would meet, not just the first.
+    pub fn problems(&self, ctx: &SessionContext) -> Vec<ResolveError> {
+        let mut problems = Vec::new();
+        for (_, entry) in self.entries() {
+            let text = match &entry.target {
+                Target::Object(text) => text,
+                Target::Names { tree, .. } => tree,
+            };
+            if let Err(e) = optional(expand_and_stat(text, entry, ctx), entry) {
+                problems.push(e);
+            }
+        }
+        for entry in &self.writable_devices {
+            match expand_and_stat(&entry.text, entry, ctx) {
+                Ok((path, meta)) if !meta.file_type().is_char_device() => {
+                    problems.push(ResolveError::NotADevice {
+                        location: entry.location.clone(),
+                        path,
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(e),
+            }
+        }
+        problems
     }
-    Ok(out)
+}
+
+/// An optional entry (`path?`) whose object does not exist resolves to nothing.
+fn optional<T>(
+    resolved: Result<T, ResolveError>,
+    entry: &PolicyPath,
+) -> Result<Option<T>, ResolveError> {
+    match resolved {
+        Ok(value) => Ok(Some(value)),
+        Err(ResolveError::Missing { source, .. })
+            if entry.optional && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn object(rule: u16, text: &str, path: PathBuf, meta: &std::fs::Metadata) -> ResolvedObject {
+    ResolvedObject {
+        rule,
+        text: text.to_owned(),
+        dev: kernel_dev(meta.dev()),
+        ino: meta.ino(),
+        path,
+    }
 }
 
 /// Expands `entry` and reads the metadata of what it names, which must exist.
 fn expand_and_stat(
+    text: &str,
     entry: &PolicyPath,
     ctx: &SessionContext,
 ) -> Result<(PathBuf, std::fs::Metadata), ResolveError> {
-    let path = expand(entry, ctx)?;
+    let path = expand(text, entry, ctx)?;
+    if path.as_os_str().len() >= agent_guard_common::PATH_BUF_LEN {
+        return Err(ResolveError::TooLong {
+            location: entry.location.clone(),
+            text: entry.text.clone(),
+        });
+    }
     match std::fs::metadata(&path) {
         Ok(meta) => Ok((path, meta)),
         Err(source) => Err(ResolveError::Missing {
@@ -166,15 +264,14 @@ fn expand_and_stat(
 }
 
 /// Expands `${WORKSPACE}`, `${NAME}` (environment) and a leading `~`.
-fn expand(entry: &PolicyPath, ctx: &SessionContext) -> Result<PathBuf, ResolveError> {
-    let text = &entry.text;
+fn expand(text: &str, entry: &PolicyPath, ctx: &SessionContext) -> Result<PathBuf, ResolveError> {
     let unset = |variable: &str| ResolveError::UnsetVariable {
         location: entry.location.clone(),
-        text: text.clone(),
+        text: entry.text.clone(),
         variable: variable.to_owned(),
     };
     let mut out = String::new();
-    let mut rest = text.as_str();
+    let mut rest = text;
     if let Some(after) = rest.strip_prefix('~') {
         if after.is_empty() || after.starts_with('/') {
             let home = ctx.home.as_ref().ok_or_else(|| unset("~ ($HOME)"))?;
@@ -187,7 +284,7 @@ fn expand(entry: &PolicyPath, ctx: &SessionContext) -> Result<PathBuf, ResolveEr
         let after = &rest[start + 2..];
         let end = after.find('}').ok_or_else(|| ResolveError::BadVariable {
             location: entry.location.clone(),
-            text: text.clone(),
+            text: entry.text.clone(),
         })?;
         let name = &after[..end];
         let value = if name == "WORKSPACE" {
@@ -225,9 +322,12 @@ mod tests {
         .unwrap();
         let resolved = policy.resolve(&ctx(dir.path())).unwrap();
         let meta = std::fs::metadata(dir.path().join("home/cache")).unwrap();
-        assert_eq!(resolved.scopes[0].path, dir.path());
-        assert_eq!(resolved.scopes[1].ino, meta.ino());
-        assert_eq!(resolved.scopes[1].rule, 1);
+        assert_eq!(resolved.objects[0].path, dir.path());
+        assert_eq!(resolved.objects[1].ino, meta.ino());
+        assert_eq!(
+            resolved.rules[resolved.objects[1].rule as usize].name,
+            "writable"
+        );
     }
 
     #[test]
@@ -276,6 +376,29 @@ mod tests {
             policy.resolve(&ctx(dir.path())).unwrap().devices,
             vec![(1 << 20) | 3]
         );
+    }
+
+    #[test]
+    fn optional_paths_are_skipped_when_missing_and_kept_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("there")).unwrap();
+        let policy = Policy::parse(
+            "p.toml",
+            "[filesystem]\nprotected = [\"${WORKSPACE}/gone?\", \"${WORKSPACE}/there?\", \"${WORKSPACE}/gone/**/*.db?\"]\n",
+        )
+        .unwrap();
+        assert!(policy.problems(&ctx(dir.path())).is_empty());
+        let resolved = policy.resolve(&ctx(dir.path())).unwrap();
+        let texts: Vec<_> = resolved.objects.iter().map(|o| o.text.as_str()).collect();
+        assert_eq!(texts, ["${WORKSPACE}", "${WORKSPACE}/there"]);
+        assert!(resolved.patterns.is_empty());
+        // Without the `?`, a missing path is an error.
+        let strict = Policy::parse(
+            "p.toml",
+            "[filesystem]\nprotected = [\"${WORKSPACE}/gone\"]\n",
+        )
+        .unwrap();
+        assert_eq!(strict.problems(&ctx(dir.path())).len(), 1);
     }
 
     #[test]
