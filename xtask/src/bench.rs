@@ -6,7 +6,10 @@
 //! - (b) a denied unlink (EPERM plus its event), guarded / the same unlink failing with
 //!   ENOENT unguarded;
 //! - (c) the loop of (a) run by a process outside any session while a session is active /
-//!   unguarded.
+//!   unguarded;
+//! - (d) the loop of (a) in a session whose policy has 10,000 path entries / the same in a
+//!   session whose policy has 10 (`ag-bench policy` writes both, with the loop under the
+//!   same chain of rules): what a decision costs as the policy grows. Target: at most 1.10.
 //!
 //! Guarded and unguarded runs alternate, and the median of the repetitions is reported.
 use std::collections::BTreeMap;
@@ -19,6 +22,10 @@ use crate::{
     vm,
 };
 
+/// Path entries of the two policies loop (d) compares.
+const RULES_SMALL: usize = 10;
+const RULES_LARGE: usize = 10_000;
+
 pub fn bench(iterations: u32, repetitions: u32) -> anyhow::Result<()> {
     setup(Verbosity::Quiet)?;
     build_release()?;
@@ -28,6 +35,15 @@ pub fn bench(iterations: u32, repetitions: u32) -> anyhow::Result<()> {
 AG={ag}; BENCH={bench}; N={iterations}; B=/tmp/ag-bench
 rm -rf $B; mkdir -p $B/ws $B/outside $B/missing $B/outsider
 echo protected > $B/outside/victim
+# (d): loop (a) under policies of {small} and {large} path entries.
+rules() {{
+  if out=$(cd "$2" && $AG run --policy "$3" --events $B/$1.jsonl -- $BENCH create-write-unlink "$2" $N 2>$B/$1.err); then
+    echo "RESULT $1 $out"
+  else
+    echo "FAILED $1 $(tail -n 3 $B/$1.err | tr '\n' ' ')"
+  fi
+}}
+SMALL=$($BENCH policy $B/rules-small {small}); LARGE=$($BENCH policy $B/rules-large {large})
 for r in $(seq {repetitions}); do
   echo "RESULT a-base $($BENCH create-write-unlink $B/ws $N)"
   echo "RESULT a-guard $(cd $B/ws && $AG run --events $B/a.jsonl -- $BENCH create-write-unlink $B/ws $N 2>/dev/null)"
@@ -39,17 +55,29 @@ for r in $(seq {repetitions}); do
   while [ ! -e $B/ws/ready ]; do sleep 0.2; done
   echo "RESULT c-guard $($BENCH create-write-unlink $B/outsider $N)"
   kill -TERM $RUN; wait $RUN || true; rm -f $B/ws/ready
+  rules d-small "$SMALL" $B/rules-small/policy.toml
+  rules d-large "$LARGE" $B/rules-large/policy.toml
 done
 "#,
         ag = release_bin("agent-guard").display(),
         bench = release_bin("ag-bench").display(),
+        small = RULES_SMALL,
+        large = RULES_LARGE,
     );
     let run = vm::run(&kernel, None, &script, "bench", 30 * 60)?;
     if !run.success {
         bail!("the benchmark failed in the VM");
     }
     let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut failures: BTreeMap<String, String> = BTreeMap::new();
     for line in run.output.lines() {
+        if let Some((key, why)) = line
+            .strip_prefix("FAILED ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            failures.insert(key.to_owned(), why.trim().to_owned());
+            continue;
+        }
         let Some(rest) = line.strip_prefix("RESULT ") else {
             continue;
         };
@@ -101,6 +129,29 @@ done
         a_base,
         c_guard,
         c_guard / a_base
+    );
+    // (d) needs an agent-guard that takes RULES_LARGE entries; one that refuses says why.
+    let (d_small, d_large) = match (median("d-small"), median("d-large")) {
+        (Ok(small), Ok(large)) => (small, large),
+        _ => bail!(
+            "no samples for (d), the rule-count ratio: {}",
+            failures
+                .iter()
+                .map(|(key, why)| format!("{key}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    };
+    println!(
+        "{:<48} {:>10} {:>10} {:>7}",
+        "path entries in the policy", RULES_SMALL, RULES_LARGE, "ratio"
+    );
+    println!(
+        "{:<48} {:>10.0} {:>10.0} {:>7.3}",
+        "(d) loop (a), large policy / small (<= 1.10)",
+        d_small,
+        d_large,
+        d_large / d_small
     );
     Ok(())
 }

@@ -5,13 +5,29 @@
 //! - `unlink`: unlink DIR/victim, which must exist; with a guard that denies it every call
 //!   fails with EPERM and is reported; unguarded it is measured against a missing file
 //!   (ENOENT), the closest operation that also leaves the directory unchanged.
-use std::{fs, io::Write as _, path::Path, time::Instant};
+//!
+//! `ag-bench policy ROOT ENTRIES` writes the policies of the rule-count ratio: see
+//! [`rules_policy`].
+use std::{
+    fmt::Write as _,
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 4 {
-        eprintln!("usage: ag-bench create-write-unlink|unlink DIR ITERATIONS");
+        eprintln!("usage: ag-bench create-write-unlink|unlink DIR ITERATIONS\n       ag-bench policy ROOT ENTRIES");
         std::process::exit(2);
+    }
+    if args[1] == "policy" {
+        let entries: usize = args[3].parse().expect("ENTRIES is a number");
+        let loop_dir = rules_policy(Path::new(&args[2]), entries)
+            .unwrap_or_else(|e| panic!("write the policy under {}: {e}", args[2]));
+        println!("{}", loop_dir.display());
+        return;
     }
     let dir = Path::new(&args[2]);
     let iterations: u32 = args[3].parse().expect("ITERATIONS is a number");
@@ -45,4 +61,90 @@ fn main() {
     }
     let ns = started.elapsed().as_nanos() / u128::from(iterations.max(1));
     println!("ns_per_iter={ns}");
+}
+
+/// Path entries every generated policy has, whatever its size: the chain the loop runs
+/// under (3) and two name patterns.
+const FIXED_ENTRIES: usize = 5;
+
+/// Writes `ROOT/policy.toml`, a policy of exactly `entries` path entries over directories
+/// it creates under `ROOT`, and returns the directory the loop should run in.
+///
+/// Every policy, small or large, puts the loop's directory under the same chain of rules,
+/// so the walk from the loop's file meets the same rules at the same depths:
+/// `scope` (writable) / `vendor` (protected) / `build` (writable again, the exception) /
+/// `a/b/c` (the loop). Two name patterns below `ROOT` make the walk compare names at every
+/// level. The other entries are directories under `ROOT/fill`, in turn writable,
+/// protected and read-denied: they fill the kernel's tables without lying on the loop's
+/// path, so a ratio above 1 between a large and a small policy is the cost of the table
+/// size alone.
+fn rules_policy(root: &Path, entries: usize) -> std::io::Result<PathBuf> {
+    assert!(
+        entries >= FIXED_ENTRIES,
+        "a rule-count policy has at least {FIXED_ENTRIES} entries"
+    );
+    fs::create_dir_all(root)?;
+    let root = fs::canonicalize(root)?;
+    let scope = root.join("scope");
+    let vendor = scope.join("vendor");
+    let build = vendor.join("build");
+    let loop_dir = build.join("a/b/c");
+    fs::create_dir_all(&loop_dir)?;
+    let mut writable = vec![scope, build];
+    let mut protected = vec![vendor, root.join("**/*.sqlite")];
+    let mut read_denied = vec![root.join("**/.env*")];
+    let fill = root.join("fill");
+    for i in 0..entries - FIXED_ENTRIES {
+        let dir = fill.join(format!("{i:05}"));
+        fs::create_dir_all(&dir)?;
+        [&mut writable, &mut protected, &mut read_denied][i % 3].push(dir);
+    }
+    let list = |key: &str, paths: &[PathBuf]| {
+        let mut out = format!("{key} = [\n");
+        for path in paths {
+            let _ = writeln!(out, "  \"{}\",", path.display());
+        }
+        out.push_str("]\n");
+        out
+    };
+    let text = format!(
+        "# Written by `ag-bench policy` for `cargo xtask bench`: {entries} path entries.\n\
+         version = 1\n\
+         mode = \"enforce\"\n\n\
+         [filesystem]\n\
+         {}{}{}\
+         writable_devices = [\"/dev/null\"]\n\
+         terminals = true\n",
+        list("writable", &writable),
+        list("protected", &protected),
+        list("read_denied", &read_denied),
+    );
+    fs::write(root.join("policy.toml"), text)?;
+    Ok(loop_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_policy_has_exactly_the_entries_asked_for() {
+        let root = std::env::temp_dir().join(format!("ag-bench-policy-{}", std::process::id()));
+        for entries in [FIXED_ENTRIES, 10, 101] {
+            let _ = fs::remove_dir_all(&root);
+            let loop_dir = rules_policy(&root, entries).unwrap();
+            let text = fs::read_to_string(root.join("policy.toml")).unwrap();
+            let listed: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix("\","))
+                .collect();
+            assert_eq!(listed.len(), entries, "{text}");
+            for path in listed.iter().filter(|p| !p.contains("/**/")) {
+                assert!(Path::new(path).is_dir(), "{path} exists");
+            }
+            assert!(loop_dir.is_dir());
+            assert!(loop_dir.starts_with(root.join("scope/vendor/build")));
+        }
+        fs::remove_dir_all(&root).unwrap();
+    }
 }
