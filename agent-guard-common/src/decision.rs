@@ -69,6 +69,23 @@ pub struct NamePattern {
 }
 const _: () = assert!(size_of::<NamePattern>() == 144);
 
+/// All name patterns of one session, in one map value: the walk looks them up once per
+/// level, whatever their number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatternSet {
+    pub patterns: [NamePattern; MAX_NAME_PATTERNS],
+}
+const _: () = assert!(size_of::<PatternSet>() == 144 * MAX_NAME_PATTERNS);
+
+impl Default for PatternSet {
+    fn default() -> Self {
+        Self {
+            patterns: [NamePattern::default(); MAX_NAME_PATTERNS],
+        }
+    }
+}
+
 /// A name as the pattern matcher reads it: its length and two 32-byte windows, the first
 /// from its start and the second ending with its last byte (zero-filled where the name is
 /// shorter than the window).

@@ -256,5 +256,5 @@ mod pod {
     unsafe impl aya::Pod for super::SessionConfig {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::RuleEntry {}
-    unsafe impl aya::Pod for super::NamePattern {}
+    unsafe impl aya::Pod for super::PatternSet {}
 }

@@ -4,10 +4,10 @@
 //! Each hook returns the verdict it was given when it has nothing to refuse, so it composes
 //! with the other LSMs, and never overrides an earlier refusal.
 use agent_guard_common::{
-    ACCESS_MODIFY, ACCESS_READ, ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, EACCES, EPERM,
-    MAX_NAME_PATTERNS, OP_CHMOD, OP_CHOWN, OP_CREATE, OP_LINK, OP_MKDIR, OP_MOUNT, OP_OPEN_WRITE,
-    OP_READ, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SETXATTR, OP_SYMLINK, OP_TRUNCATE, OP_UNLINK,
-    RULE_MOUNT, RULE_MULTI_LINK, RULE_POLICY_BASE, RULE_UNRESOLVED,
+    NamePattern, ACCESS_MODIFY, ACCESS_READ, ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, EACCES,
+    EPERM, MAX_NAME_PATTERNS, OP_CHMOD, OP_CHOWN, OP_CREATE, OP_LINK, OP_MKDIR, OP_MOUNT,
+    OP_OPEN_WRITE, OP_READ, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SETXATTR, OP_SYMLINK,
+    OP_TRUNCATE, OP_UNLINK, RULE_MOUNT, RULE_MULTI_LINK, RULE_POLICY_BASE, RULE_UNRESOLVED,
 };
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
@@ -265,21 +265,24 @@ fn leaving_trees(session: u32, from: (u64, u64), to: (u64, u64)) -> Checked {
     if left == 0 {
         return verdict;
     }
-    let base = session.wrapping_mul(MAX_NAME_PATTERNS as u32);
+    let Some(set) = PATTERNS.get_ptr(&session) else {
+        // Trees were found, so the patterns exist: their absence is an inconsistency.
+        return Checked {
+            action: ACTION_DENY,
+            rule: RULE_UNRESOLVED,
+        };
+    };
     for i in 0..MAX_NAME_PATTERNS {
-        if left & (1 << i) != 0 {
-            // SAFETY: plain data.
-            if let Some(pattern) = unsafe { PATTERNS.get(&(base + i as u32)) } {
-                if pattern.verdict.action > ACTION_ALLOW {
-                    verdict = stronger(
-                        verdict,
-                        Checked {
-                            action: pattern.verdict.action,
-                            rule: RULE_POLICY_BASE + pattern.verdict.rule as u32,
-                        },
-                    );
-                }
-            }
+        // SAFETY: a map value, read in place (it is far larger than the BPF stack).
+        let pattern = unsafe { &*set.cast::<NamePattern>().add(i) };
+        if left & (1 << i) != 0 && pattern.verdict.action > ACTION_ALLOW {
+            verdict = stronger(
+                verdict,
+                Checked {
+                    action: pattern.verdict.action,
+                    rule: RULE_POLICY_BASE + pattern.verdict.rule as u32,
+                },
+            );
         }
     }
     verdict

@@ -1,9 +1,8 @@
 //! Every map the programs share with user space. User space fills the configuration maps
 //! before a session's first command runs and reads `EVENTS` and `STATS`.
 use agent_guard_common::{
-    Event, NamePattern, RuleEntry, ScopeKey, SessionConfig, EVENT_RING_BYTES, MAX_DEVICE_ENTRIES,
-    MAX_NAME_PATTERNS, MAX_PENDING_ENROLMENTS, MAX_RULE_ENTRIES, MAX_SESSIONS, MAX_SESSION_TASKS,
-    STAT_SLOTS,
+    Event, PatternSet, RuleEntry, ScopeKey, SessionConfig, EVENT_RING_BYTES, MAX_DEVICE_ENTRIES,
+    MAX_PENDING_ENROLMENTS, MAX_RULE_ENTRIES, MAX_SESSIONS, MAX_SESSION_TASKS, STAT_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
@@ -31,11 +30,9 @@ pub static SESSIONS: HashMap<u32, SessionConfig> = HashMap::with_max_entries(MAX
 #[map]
 pub static RULES: HashMap<ScopeKey, RuleEntry> = HashMap::with_max_entries(MAX_RULE_ENTRIES, 0);
 
-/// Name patterns: key `session * MAX_NAME_PATTERNS + index`, for `index` below the
-/// session's `SessionConfig::patterns`.
+/// Name patterns of each session; the first `SessionConfig::patterns` are in use.
 #[map]
-pub static PATTERNS: HashMap<u32, NamePattern> =
-    HashMap::with_max_entries(MAX_SESSIONS * MAX_NAME_PATTERNS as u32, 0);
+pub static PATTERNS: HashMap<u32, PatternSet> = HashMap::with_max_entries(MAX_SESSIONS, 0);
 
 /// Character devices a session may open for writing: key `[session, rdev]`, where an rdev
 /// whose minor is all ones (0xfffff) admits every minor of that major.

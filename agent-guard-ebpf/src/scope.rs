@@ -11,7 +11,7 @@
 //! following every iteration of every path, which keeps the programs well inside its limits
 //! on kernels from 6.1 on.
 use agent_guard_common::{
-    conclude, NameWindows, ScopeKey, SessionConfig, Walk, ACCESS_MODIFY, ACTION_DENY,
+    conclude, NamePattern, NameWindows, ScopeKey, SessionConfig, Walk, ACCESS_MODIFY, ACTION_DENY,
     EVENT_DATA_LEN, MAX_NAME_PATTERNS, MAX_PATH_DEPTH, NAME_BUF_LEN, PATH_BUF_LEN, PATTERN_WINDOW,
     RULE_PATH_TOO_DEEP, RULE_UNRESOLVED,
 };
@@ -83,6 +83,8 @@ const UNRESOLVED: u32 = 2;
 #[repr(C)]
 pub struct NameBuf {
     bytes: [u8; PATTERN_WINDOW + NAME_BUF_LEN + PATTERN_WINDOW],
+    /// The windows the patterns are matched against, kept here rather than on the stack.
+    windows: NameWindows,
 }
 
 /// Walks from `dentry` (seen through `mnt`; 0 when the hook gives no mount, which ends the
@@ -225,13 +227,14 @@ fn step(state: &mut WalkState) -> Result<(), Unreadable> {
 /// Offers the verdicts of the patterns in `confirmed` (their tree is the current level).
 #[inline(always)]
 fn confirm_patterns(state: &mut WalkState, confirmed: u32) {
-    let base = state.session.wrapping_mul(MAX_NAME_PATTERNS as u32);
+    let Some(set) = PATTERNS.get_ptr(&state.session) else {
+        return;
+    };
     for i in 0..MAX_NAME_PATTERNS {
         if confirmed & (1 << i) != 0 {
-            // SAFETY: plain data.
-            if let Some(pattern) = unsafe { PATTERNS.get(&(base + i as u32)) } {
-                state.walk.confirm(i, pattern);
-            }
+            // SAFETY: a map value, read in place (it is far larger than the BPF stack).
+            let pattern = unsafe { &*set.cast::<NamePattern>().add(i) };
+            state.walk.confirm(i, pattern);
         }
     }
 }
@@ -245,7 +248,8 @@ fn match_name(state: &mut WalkState, dentry: u64) -> Result<(), Unreadable> {
     // NAME_BUF_LEN bytes from offset PATTERN_WINDOW, inside the buffer, and the window
     // reads below stay inside it (len < NAME_BUF_LEN).
     let windows = unsafe {
-        let bytes = (*buf).bytes.as_mut_ptr();
+        let buf = &mut *buf;
+        let bytes = buf.bytes.as_mut_ptr();
         let n = bpf_probe_read_kernel_str(
             bytes.add(PATTERN_WINDOW).cast(),
             NAME_BUF_LEN as u32,
@@ -256,27 +260,25 @@ fn match_name(state: &mut WalkState, dentry: u64) -> Result<(), Unreadable> {
         }
         let len = (n as usize - 1) & (NAME_BUF_LEN - 1);
         let word = |at: usize| core::ptr::read_unaligned(bytes.add(at).cast::<u64>());
-        NameWindows {
-            len: len as u32,
-            head: [
-                word(PATTERN_WINDOW),
-                word(PATTERN_WINDOW + 8),
-                word(PATTERN_WINDOW + 16),
-                word(PATTERN_WINDOW + 24),
-            ],
-            tail: [word(len), word(len + 8), word(len + 16), word(len + 24)],
+        let windows = &mut buf.windows;
+        windows.len = len as u32;
+        for w in 0..4 {
+            windows.head[w] = word(PATTERN_WINDOW + w * 8);
+            windows.tail[w] = word(len + w * 8);
         }
+        &buf.windows
     };
-    let base = state.session.wrapping_mul(MAX_NAME_PATTERNS as u32);
+    let Some(set) = PATTERNS.get_ptr(&state.session) else {
+        return Err(Unreadable);
+    };
     for i in 0..MAX_NAME_PATTERNS {
         if i as u32 >= state.patterns {
             break;
         }
-        // SAFETY: plain data.
-        if let Some(pattern) = unsafe { PATTERNS.get(&(base + i as u32)) } {
-            if pattern.matches(&windows) {
-                state.walk.name_matched(i, pattern);
-            }
+        // SAFETY: a map value, read in place (it is far larger than the BPF stack).
+        let pattern = unsafe { &*set.cast::<NamePattern>().add(i) };
+        if pattern.matches(windows) {
+            state.walk.name_matched(i, pattern);
         }
     }
     Ok(())

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use agent_guard_common::{
-    NamePattern, RuleEntry, ScopeKey, SessionConfig, MAX_NAME_PATTERNS, MODE_AUDIT, MODE_ENFORCE,
-    STAT_AUDITED, STAT_DENIED, STAT_LOST_EVENTS,
+    PatternSet, RuleEntry, ScopeKey, SessionConfig, MODE_AUDIT, MODE_ENFORCE, STAT_AUDITED,
+    STAT_DENIED, STAT_LOST_EVENTS,
 };
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
@@ -197,11 +197,6 @@ pub struct Stats {
     pub lost: u64,
 }
 
-/// Key of pattern `index` of `session` in the `PATTERNS` map.
-fn pattern_key(session: u32, index: usize) -> u32 {
-    session.wrapping_mul(MAX_NAME_PATTERNS as u32) + index as u32
-}
-
 /// The loaded and attached programs.
 pub struct Guard {
     ebpf: Ebpf,
@@ -325,13 +320,13 @@ impl Guard {
                 rules.insert(key, *entry, 0).map_err(write("RULES"))?;
             }
         }
-        {
-            let mut patterns: HashMap<_, u32, NamePattern> = self.hash_map("PATTERNS")?;
-            for (index, pattern) in compiled.patterns.iter().enumerate() {
-                patterns
-                    .insert(pattern_key(session, index), *pattern, 0)
-                    .map_err(write("PATTERNS"))?;
-            }
+        if !compiled.patterns.is_empty() {
+            let mut set = PatternSet::default();
+            set.patterns[..compiled.patterns.len()].copy_from_slice(&compiled.patterns);
+            let mut patterns: HashMap<_, u32, PatternSet> = self.hash_map("PATTERNS")?;
+            patterns
+                .insert(session, set, 0)
+                .map_err(write("PATTERNS"))?;
         }
         {
             let mut devices: HashMap<_, [u32; 2], u32> = self.hash_map("DEVICES")?;
@@ -369,10 +364,8 @@ impl Guard {
                 let _ = rules.remove(&ScopeKey { session, dev, ino });
             }
         }
-        if let Ok(mut patterns) = self.hash_map::<u32, NamePattern>("PATTERNS") {
-            for index in 0..compiled.patterns.len() {
-                let _ = patterns.remove(&pattern_key(session, index));
-            }
+        if let Ok(mut patterns) = self.hash_map::<u32, PatternSet>("PATTERNS") {
+            let _ = patterns.remove(&session);
         }
         if let Ok(mut devices) = self.hash_map::<[u32; 2], u32>("DEVICES") {
             for rdev in &policy.devices {
