@@ -44,6 +44,8 @@ mod escape;
 mod flood;
 #[path = "kernel/io_uring.rs"]
 mod io_uring;
+#[path = "kernel/language.rs"]
+mod language;
 #[path = "kernel/lifecycle.rs"]
 mod lifecycle;
 #[path = "kernel/operations.rs"]
@@ -58,5 +60,5 @@ mod rule {
     pub const MULTI_LINK: &str = "multi-link-file";
     pub const NO_MOUNT: &str = "no-mount";
     pub const TOO_DEEP: &str = "path-too-deep";
-    pub const PROTECTED: &str = "protected-path";
+    pub const PROTECTED: &str = "protected";
 }

@@ -25,6 +25,7 @@ use io_uring::{opcode, types, IoUring};
 const USAGE: &str = "\
 usage: ag-probe OP ARGS...
   unlink PATH                 unlink(2)
+  read PATH                   open(2) O_RDONLY (a directory too) and read(2) from it
   rmdir PATH                  rmdir(2)
   rename FROM TO              rename(2)
   exchange A B                renameat2(2) with RENAME_EXCHANGE
@@ -100,9 +101,10 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
     let arity = match op {
         "memfd" => 0,
         "open-write" if rest.len() == 2 => 2,
-        "mkdir" | "mkfifo" | "unlink" | "rmdir" | "truncate" | "ftruncate" | "ftruncate-fd"
-        | "open-write" | "create" | "mount-tmpfs" | "uring-unlink" | "uring-open-trunc"
-        | "uring-create" | "uring-mkdir" | "punch-hole" | "punch-hole-fd" | "mmap-write" => 1,
+        "read" | "mkdir" | "mkfifo" | "unlink" | "rmdir" | "truncate" | "ftruncate"
+        | "ftruncate-fd" | "open-write" | "create" | "mount-tmpfs" | "uring-unlink"
+        | "uring-open-trunc" | "uring-create" | "uring-mkdir" | "punch-hole" | "punch-hole-fd"
+        | "mmap-write" => 1,
         "symlink" | "rename" | "exchange" | "open-trunc" | "link" | "mount-bind" | "move-mount"
         | "uring-rename" | "chmod" | "copy-into" | "unlink-many" => 2,
         "chown" | "setxattr" => 3,
@@ -159,6 +161,7 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
         "mount-tmpfs" => mount_tmpfs(&a[0]),
         "move-mount" => move_mount(&a[0], &a[1]),
         "memfd" => memfd(),
+        "read" => read(&a[0]),
         "unlink-many" => unlink_many(&a[0], rest[1].to_str()?.parse().ok()?),
         "uring-unlink" => uring_unlink(&a[0]),
         "uring-rename" => uring_rename(&a[0], &a[1]),
@@ -295,6 +298,17 @@ fn ftruncate_path(path: &CString) -> Result<(), Errno> {
 
 fn open_close(path: &CString, flags: libc::c_int) -> Result<(), Errno> {
     close(open(path, flags)?);
+    Ok(())
+}
+
+/// Opens `path` for reading and reads from it: a directory is opened but not read.
+fn read(path: &CString) -> Result<(), Errno> {
+    let fd = open(path, libc::O_RDONLY)?;
+    let mut buf = [0u8; 4096];
+    // SAFETY: `buf` is valid for its length; a directory's read fails with EISDIR, which
+    // is not the question here.
+    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    close(fd);
     Ok(())
 }
 

@@ -44,6 +44,8 @@ pub struct Expect {
     /// (`iou-wrk-TID`): pid is the process, tid and comm are the worker's.
     pub io_worker_allowed: bool,
     pub truncated: bool,
+    /// The errno a denial carries.
+    pub errno: (i32, &'static str),
 }
 
 /// A denial of `op` on `paths` by `rule`, done by the probe run that printed `by`.
@@ -66,11 +68,18 @@ pub fn deny(op: &str, paths: &[&str], rule: &str, by: &Outcome) -> Expect {
         exe: crate::fixture::probe_exe(),
         io_worker_allowed: false,
         truncated: false,
+        errno: (libc::EPERM, "EPERM"),
     }
 }
 
 impl Expect {
     /// Audit mode: the same finding, allowed.
+    /// A refused read: EACCES rather than EPERM.
+    pub fn eacces(mut self) -> Self {
+        self.errno = (libc::EACCES, "EACCES");
+        self
+    }
+
     pub fn audited(mut self) -> Self {
         self.decision = "audit".to_owned();
         self
@@ -132,7 +141,7 @@ impl Expect {
         if self.decision == "deny" {
             assert_eq!(
                 (e.errno, e.errno_name.as_deref()),
-                (libc::EPERM as u32, Some("EPERM")),
+                (self.errno.0 as u32, Some(self.errno.1)),
                 "errno; {}",
                 ctx()
             );
