@@ -52,6 +52,8 @@ mod lifecycle;
 mod operations;
 #[path = "kernel/protected.rs"]
 mod protected;
+#[path = "kernel/shipped.rs"]
+mod shipped;
 
 /// Rules as events name them.
 mod rule {
