@@ -106,6 +106,17 @@ fn show(file: Option<&Path>) -> i32 {
                 object.ino
             );
         }
+        for entry in rule.paths.iter().filter(|p| p.optional) {
+            let present = resolved
+                .objects
+                .iter()
+                .map(|o| (o.rule, &o.text))
+                .chain(resolved.patterns.iter().map(|p| (p.rule, &p.text)))
+                .any(|(r, text)| r == rule_index && *text == entry.text);
+            if !present {
+                println!("    {}? -> absent here, skipped", entry.text);
+            }
+        }
         for pattern in resolved.patterns.iter().filter(|p| p.rule == rule_index) {
             println!(
                 "    {} -> names `{}` below {} (device {}, inode {})",

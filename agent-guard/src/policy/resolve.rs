@@ -18,13 +18,25 @@ pub struct SessionContext {
 }
 
 impl SessionContext {
-    /// The context of the current process: its working directory and `$HOME`.
+    /// The context of the current process: its working directory and the invoking user's
+    /// home. Under sudo that is the home of `$SUDO_USER` (sudo sets `$HOME` to root's), so
+    /// `~/.ssh` means the keys of the person who ran the agent; otherwise it is `$HOME`.
     pub fn current() -> std::io::Result<Self> {
         Ok(Self {
             workspace: std::env::current_dir()?,
-            home: std::env::var_os("HOME").map(PathBuf::from),
+            home: sudo_user_home().or_else(|| std::env::var_os("HOME").map(PathBuf::from)),
         })
     }
+}
+
+/// The home directory of `$SUDO_USER`, when running as root through sudo.
+fn sudo_user_home() -> Option<PathBuf> {
+    let user = std::env::var("SUDO_USER").ok()?;
+    if user.is_empty() || user == "root" || !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let entry = nix::unistd::User::from_name(&user).ok()??;
+    Some(entry.dir)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +164,10 @@ impl Policy {
         }
         let mut devices = Vec::new();
         for entry in &self.writable_devices {
-            let (path, meta) = expand_and_stat(&entry.text, entry, ctx)?;
+            let Some((path, meta)) = optional(expand_and_stat(&entry.text, entry, ctx), entry)?
+            else {
+                continue;
+            };
             if !meta.file_type().is_char_device() {
                 return Err(ResolveError::NotADevice {
                     location: entry.location.clone(),
@@ -198,8 +213,8 @@ impl Policy {
             }
         }
         for entry in &self.writable_devices {
-            match expand_and_stat(&entry.text, entry, ctx) {
-                Ok((path, meta)) if !meta.file_type().is_char_device() => {
+            match optional(expand_and_stat(&entry.text, entry, ctx), entry) {
+                Ok(Some((path, meta))) if !meta.file_type().is_char_device() => {
                     problems.push(ResolveError::NotADevice {
                         location: entry.location.clone(),
                         path,
@@ -221,7 +236,11 @@ fn optional<T>(
     match resolved {
         Ok(value) => Ok(Some(value)),
         Err(ResolveError::Missing { source, .. })
-            if entry.optional && source.kind() == std::io::ErrorKind::NotFound =>
+            if entry.optional
+                && matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
         {
             Ok(None)
         }
@@ -392,6 +411,14 @@ mod tests {
         let texts: Vec<_> = resolved.objects.iter().map(|o| o.text.as_str()).collect();
         assert_eq!(texts, ["${WORKSPACE}", "${WORKSPACE}/there"]);
         assert!(resolved.patterns.is_empty());
+        // A path through a file (a worktree's `.git` is a file) is missing too.
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let through_a_file = Policy::parse(
+            "p.toml",
+            "[filesystem]\nprotected = [\"${WORKSPACE}/file/hooks?\"]\n",
+        )
+        .unwrap();
+        assert!(through_a_file.problems(&ctx(dir.path())).is_empty());
         // Without the `?`, a missing path is an error.
         let strict = Policy::parse(
             "p.toml",
