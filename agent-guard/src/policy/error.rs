@@ -45,6 +45,9 @@ pub enum PolicyError {
         message: String,
         hint: String,
     },
+    /// More than one problem in one file, in the order they appear.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<PolicyError>),
 }
 
 impl PolicyError {
@@ -62,10 +65,20 @@ impl PolicyError {
         }
     }
 
-    /// Where the problem is, when it is inside the policy text.
+    /// One error as itself, several as [`PolicyError::Several`].
+    pub fn several(mut errors: Vec<PolicyError>) -> Self {
+        if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            Self::Several(errors)
+        }
+    }
+
+    /// Where the (first) problem is, when it is inside the policy text.
     pub fn location(&self) -> Option<&Location> {
         match self {
             Self::Invalid { location, .. } => Some(location),
+            Self::Several(errors) => errors.first().and_then(Self::location),
             Self::Read { .. } => None,
         }
     }

@@ -33,6 +33,7 @@ mod raw;
 mod resolve;
 
 use std::{
+    cell::RefCell,
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -303,9 +304,12 @@ fn parse_layer(file: &str, text: &str) -> Result<Layer, PolicyError> {
     };
     let at = |span: Range<usize>| Location::at(file, text, span.start);
 
+    // Every problem is collected, so that one `policy check` lists them all.
+    let errors = RefCell::new(Vec::new());
+    let fail = |e: PolicyError| errors.borrow_mut().push(e);
     if let Some(version) = &raw.version {
         if *version.get_ref() != POLICY_VERSION {
-            return Err(invalid(
+            fail(invalid(
                 version.span(),
                 format!("unsupported policy version {}", version.get_ref()),
                 "this agent-guard reads `version = 1`",
@@ -317,70 +321,74 @@ fn parse_layer(file: &str, text: &str) -> Result<Layer, PolicyError> {
         Some(("enforce", _)) => Some(Mode::Enforce),
         Some(("audit", _)) => Some(Mode::Audit),
         Some((other, span)) => {
-            return Err(invalid(
+            fail(invalid(
                 span,
                 format!("unknown mode `{other}`"),
                 "use `mode = \"enforce\"` to refuse operations or `mode = \"audit\"` to only report them",
-            ))
+            ));
+            None
         }
     };
     let extends = match raw.extends {
         Some(e) if e.get_ref().is_empty() => {
-            return Err(invalid(
+            fail(invalid(
                 e.span(),
                 "`extends` is empty".into(),
                 "name a policy file (relative to this one) or `builtin:default`",
-            ))
+            ));
+            None
         }
         Some(e) => Some((e.get_ref().clone(), at(e.span()))),
         None => None,
     };
-    let paths = |list: Vec<toml::Spanned<String>>,
+    let entry = |entry: toml::Spanned<String>,
                  key: &str,
                  patterns_allowed: bool|
-     -> Result<Vec<PolicyPath>, PolicyError> {
-        let mut out = Vec::with_capacity(list.len());
-        for entry in list {
-            let span = entry.span();
-            let text_value = entry.into_inner();
-            if text_value.is_empty() {
-                return Err(invalid(
-                    span,
-                    format!("empty path in `{key}`"),
-                    "remove the entry or write an absolute path",
-                ));
-            }
-            if !(text_value.starts_with('/')
-                || text_value.starts_with("${")
-                || text_value.starts_with('~'))
-            {
-                return Err(invalid(
+     -> Result<PolicyPath, PolicyError> {
+        let span = entry.span();
+        let text_value = entry.into_inner();
+        if text_value.is_empty() {
+            return Err(invalid(
+                span,
+                format!("empty path in `{key}`"),
+                "remove the entry or write an absolute path",
+            ));
+        }
+        if !(text_value.starts_with('/')
+            || text_value.starts_with("${")
+            || text_value.starts_with('~'))
+        {
+            return Err(invalid(
                     span,
                     format!("`{text_value}` in `{key}` is not an absolute path"),
                     "write it from the root (`/srv/work`) or from a variable (`${WORKSPACE}/build`, `~/cache`)",
                 ));
-            }
-            let (text_value, optional) = match text_value.strip_suffix('?') {
-                Some(stripped) => (stripped.to_owned(), true),
-                None => (text_value, false),
-            };
-            let target = pattern::parse_target(&text_value)
-                .map_err(|e| invalid(span.clone(), e.message, e.hint))?;
-            if !patterns_allowed && matches!(target, Target::Names { .. }) {
-                return Err(invalid(
-                    span,
-                    format!("`{text_value}` in `{key}` is a name pattern"),
-                    "`writable_devices` lists device files by path, such as /dev/null",
-                ));
-            }
-            out.push(PolicyPath {
-                text: text_value,
-                target,
-                location: Location::at(file, text, span.start),
-                optional,
-            });
         }
-        Ok(out)
+        let (text_value, optional) = match text_value.strip_suffix('?') {
+            Some(stripped) => (stripped.to_owned(), true),
+            None => (text_value, false),
+        };
+        let target = pattern::parse_target(&text_value)
+            .map_err(|e| invalid(span.clone(), e.message, e.hint))?;
+        if !patterns_allowed && matches!(target, Target::Names { .. }) {
+            return Err(invalid(
+                span,
+                format!("`{text_value}` in `{key}` is a name pattern"),
+                "`writable_devices` lists device files by path, such as /dev/null",
+            ));
+        }
+        Ok(PolicyPath {
+            text: text_value,
+            target,
+            location: Location::at(file, text, span.start),
+            optional,
+        })
+    };
+    // The valid entries of a list; the others are reported.
+    let paths = |list: Vec<toml::Spanned<String>>, key: &str, patterns_allowed: bool| {
+        list.into_iter()
+            .filter_map(|e| entry(e, key, patterns_allowed).map_err(&fail).ok())
+            .collect::<Vec<_>>()
     };
 
     let mut rules = Vec::new();
@@ -414,7 +422,7 @@ fn parse_layer(file: &str, text: &str) -> Result<Layer, PolicyError> {
         ] {
             if let Some(list) = list {
                 let location = at(list.span());
-                let entries = paths(list.into_inner(), key, true)?;
+                let entries = paths(list.into_inner(), key, true);
                 if !entries.is_empty() {
                     rules.push(Rule {
                         name: name.to_owned(),
@@ -430,10 +438,10 @@ fn parse_layer(file: &str, text: &str) -> Result<Layer, PolicyError> {
             fs.writable_devices.unwrap_or_default(),
             "writable_devices",
             false,
-        )?;
+        );
         terminals = fs.terminals.map(|t| *t.get_ref());
     }
-    for table in raw.rule {
+    let named_rule = |table: toml::Spanned<raw::RawRule>| -> Result<Rule, PolicyError> {
         let span = table.span();
         let rule = table.into_inner();
         let name = rule.name.get_ref();
@@ -487,21 +495,32 @@ fn parse_layer(file: &str, text: &str) -> Result<Layer, PolicyError> {
             }
         };
         let paths_span = rule.paths.span();
-        let entries = paths(rule.paths.into_inner(), "paths", true)?;
-        if entries.is_empty() {
+        let written = rule.paths.get_ref().len();
+        let entries = paths(rule.paths.into_inner(), "paths", true);
+        if written == 0 {
             return Err(invalid(
                 paths_span,
                 format!("rule `{name}` has no paths"),
                 "list at least one path or pattern, or remove the rule",
             ));
         }
-        rules.push(Rule {
+        Ok(Rule {
             name: name.clone(),
             action,
             access,
             paths: entries,
             location: at(span),
-        });
+        })
+    };
+    for table in raw.rule {
+        match named_rule(table) {
+            Ok(rule) => rules.push(rule),
+            Err(e) => fail(e),
+        }
+    }
+    let errors = errors.into_inner();
+    if !errors.is_empty() {
+        return Err(PolicyError::several(errors));
     }
     Ok(Layer {
         mode,
@@ -863,6 +882,24 @@ mod tests {
         std::fs::write(&a, "extends = \"b.toml\"\n").unwrap();
         let err = Policy::load(&a).unwrap_err().to_string();
         assert!(err.contains("b.toml:1:8: unknown mode"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported_in_order() {
+        let text = "mode = \"loud\"\n[filesystem]\nwritable = [\"rel\", \"/ok\", \"/a/*.x\"]\n[[rule]]\nname = \"x\"\naction = \"block\"\npaths = [\"/etc\"]\n";
+        let err = Policy::parse("p.toml", text).unwrap_err();
+        let PolicyError::Several(errors) = &err else {
+            panic!("expected several errors, got {err}");
+        };
+        let at: Vec<_> = errors
+            .iter()
+            .map(|e| {
+                let l = e.location().unwrap();
+                (l.line, l.column)
+            })
+            .collect();
+        assert_eq!(at, [(1, 8), (3, 13), (3, 27), (6, 10)]);
+        assert_eq!(err.location().unwrap().line, 1);
     }
 
     #[test]
