@@ -9,7 +9,11 @@
 //!   unguarded;
 //! - (d) the loop of (a) in a session whose policy has 10,000 path entries / the same in a
 //!   session whose policy has 10 (`ag-bench policy` writes both, with the loop under the
-//!   same chain of rules): what a decision costs as the policy grows. Target: at most 1.10.
+//!   same chain of rules): what a decision costs as the policy grows. Target: at most 1.10;
+//! - (e) open+read+close of a file no rule covers, in a session whose policy has read rules
+//!   (ten read-denied name patterns anchored at `/`, as `policies/coding-agent.toml` has, and
+//!   a read-denied directory) / the same in a session of the built-in policy, which has no
+//!   read rule and so never looks at reads: what guarding secrets costs every other read.
 //!
 //! Guarded and unguarded runs alternate, and the median of the repetitions is reported.
 use std::collections::BTreeMap;
@@ -17,7 +21,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context as _};
 
 use crate::{
-    build::{build_release, release_bin},
+    build::{build_release, release_bin, workspace_root},
     setup::{kernel_image, setup, Verbosity},
     vm,
 };
@@ -35,6 +39,14 @@ pub fn bench(iterations: u32, repetitions: u32) -> anyhow::Result<()> {
 AG={ag}; BENCH={bench}; N={iterations}; B=/tmp/ag-bench
 rm -rf $B; mkdir -p $B/ws $B/outside $B/missing $B/outsider
 echo protected > $B/outside/victim
+mkdir -p $B/ws/secret && echo readable > $B/ws/r
+cat > $B/reads.toml <<POLICY
+version = 1
+[filesystem]
+writable = ["\${{WORKSPACE}}"]
+read_denied = ["/**/.ssh", "/**/.gnupg", "/**/.aws", "/**/.azure", "/**/.kube", "/**/.netrc",
+               "/**/.git-credentials", "/**/.pgpass", "/**/.env*", "/**/*.pem", "$B/ws/secret"]
+POLICY
 # (d): loop (a) under policies of {small} and {large} path entries.
 rules() {{
   if out=$(cd "$2" && $AG run --policy "$3" --events $B/$1.jsonl -- $BENCH create-write-unlink "$2" $N 2>$B/$1.err); then
@@ -57,6 +69,8 @@ for r in $(seq {repetitions}); do
   kill -TERM $RUN; wait $RUN || true; rm -f $B/ws/ready
   rules d-small "$SMALL" $B/rules-small/policy.toml
   rules d-large "$LARGE" $B/rules-large/policy.toml
+  echo "RESULT e-none $(cd $B/ws && $AG run --events $B/e1.jsonl -- $BENCH open-read $B/ws $N 2>/dev/null)"
+  echo "RESULT e-reads $(cd $B/ws && $AG run --policy $B/reads.toml --events $B/e2.jsonl -- $BENCH open-read $B/ws $N 2>/dev/null)"
 done
 "#,
         ag = release_bin("agent-guard").display(),
@@ -64,7 +78,18 @@ done
         small = RULES_SMALL,
         large = RULES_LARGE,
     );
-    let run = vm::run(&kernel, None, &script, "bench", 30 * 60)?;
+    // The guest reads the script from the shared filesystem: passed inline it would travel
+    // on the kernel command line, whose 2 KiB limit cuts it short and leaves the guest idle.
+    let script_path = workspace_root().join("target/xtask-bench.sh");
+    std::fs::write(&script_path, &script)
+        .with_context(|| format!("write {}", script_path.display()))?;
+    let run = vm::run(
+        &kernel,
+        None,
+        &format!("bash {}", script_path.display()),
+        "bench",
+        30 * 60,
+    )?;
     if !run.success {
         bail!("the benchmark failed in the VM");
     }
@@ -152,6 +177,18 @@ done
         d_small,
         d_large,
         d_large / d_small
+    );
+    let (e_none, e_reads) = (median("e-none")?, median("e-reads")?);
+    println!(
+        "{:<48} {:>10} {:>10} {:>7}",
+        "read rules in the policy", "none", "11", "ratio"
+    );
+    println!(
+        "{:<48} {:>10.0} {:>10.0} {:>7.3}",
+        "(e) open+read of an uncovered file",
+        e_none,
+        e_reads,
+        e_reads / e_none
     );
     Ok(())
 }

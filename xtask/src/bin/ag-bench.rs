@@ -6,6 +6,8 @@
 //!   fails with EPERM and is reported; unguarded it is measured against a missing file
 //!   (ENOENT), the closest operation that also leaves the directory unchanged.
 //!
+//! - `open-read`: open DIR/r (which must exist) for reading, read it, close.
+//!
 //! `ag-bench policy ROOT ENTRIES` writes the policies of the rule-count ratio: see
 //! [`rules_policy`].
 use std::{
@@ -19,7 +21,7 @@ use std::{
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 4 {
-        eprintln!("usage: ag-bench create-write-unlink|unlink DIR ITERATIONS\n       ag-bench policy ROOT ENTRIES");
+        eprintln!("usage: ag-bench create-write-unlink|unlink|open-read DIR ITERATIONS\n       ag-bench policy ROOT ENTRIES");
         std::process::exit(2);
     }
     if args[1] == "policy" {
@@ -52,6 +54,14 @@ fn main() {
                     "unlink of {} succeeded",
                     victim.display()
                 );
+            }
+        }
+        "open-read" => {
+            let file = dir.join("r");
+            let mut buf = [0u8; 4096];
+            for _ in 0..iterations {
+                let mut f = fs::File::open(&file).expect("open for reading");
+                let _ = std::io::Read::read(&mut f, &mut buf).expect("read");
             }
         }
         other => {
