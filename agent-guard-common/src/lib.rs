@@ -24,6 +24,10 @@ pub const MAX_SESSIONS: u32 = 256;
 pub const MAX_SCOPE_ENTRIES: u32 = 4096;
 /// Processes waiting to be enrolled into a session at their next exec.
 pub const MAX_PENDING_ENROLMENTS: u32 = 256;
+/// Open files whose refused writes a session in audit mode has reported, remembered so that
+/// each is reported once rather than at every write. Least recently used ones are
+/// forgotten first; a forgotten one is reported again at its next write.
+pub const MAX_AUDITED_FILES: u32 = 4096;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENT_RING_BYTES: u32 = 8 << 20;
 

@@ -16,8 +16,8 @@ use crate::{
         arg_from_end, creds_overridden, file_path, off, path_parts, proc_inode_task, read_u16,
         read_u32, read_u64, Unreadable,
     },
-    maps::DEVICES,
-    report::{decide, deny_at, Finding, Location},
+    maps::{AUDITED_FILES, DEVICES},
+    report::{audit_mode, decide, deny_at, Finding, Location},
     scope::{check_inside, check_not_scope_root},
     session::{current_session, enter},
 };
@@ -295,21 +295,46 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     {
         return allow;
     }
-    write_at(session, OP_OPEN_WRITE, file_path(file), allow)
+    write_file(session, OP_OPEN_WRITE, file, allow)
 }
 
-/// [`check_writable`] for `op` on the object at the `struct path` pointer `path`: the one
-/// decision behind opening for writing, truncating, writing through a descriptor and
-/// mapping shared and writable.
+/// [`check_writable`] on the object at the `struct path` pointer `path`: the one decision
+/// behind opening for writing, truncating, writing through a descriptor and mapping shared
+/// and writable. On refusal, the rule and where.
+#[inline(always)]
+fn writable_at(session: u32, path: u64) -> Result<(), (u32, Location)> {
+    let Ok((mnt, dentry)) = path_parts(path) else {
+        return Err((RULE_UNRESOLVED, Location { mnt: 0, dentry: 0 }));
+    };
+    check_writable(session, mnt, dentry).map_err(|rule| (rule, Location { mnt, dentry }))
+}
+
+/// [`writable_at`] for `op`, refused and reported.
 #[inline(always)]
 fn write_at(session: u32, op: u32, path: u64, allow: i32) -> i32 {
-    let Ok((mnt, dentry)) = path_parts(path) else {
-        return unresolved(session, op, allow);
-    };
-    match check_writable(session, mnt, dentry) {
+    match writable_at(session, path) {
         Ok(()) => allow,
-        Err(rule) => deny_at(session, op, rule, Location { mnt, dentry }, allow),
+        Err((rule, at)) => deny_at(session, op, rule, at, allow),
     }
+}
+
+/// [`write_at`] for opening `file` or writing through it. In audit mode nothing stops the
+/// writes after an open the policy refuses, so each open file is reported once, by its open
+/// or by its first write, not at every write after that.
+#[inline(always)]
+fn write_file(session: u32, op: u32, file: u64, allow: i32) -> i32 {
+    let Err((rule, at)) = writable_at(session, file_path(file)) else {
+        return allow;
+    };
+    if audit_mode(session) {
+        let seen = [u64::from(session), at.dentry];
+        // SAFETY: plain data; a racing update can only cost one more report.
+        if unsafe { AUDITED_FILES.get(&file) } == Some(&seen) {
+            return allow;
+        }
+        let _ = AUDITED_FILES.insert(&file, &seen, 0);
+    }
+    deny_at(session, op, rule, at, allow)
 }
 
 /// `path_truncate(const struct path *path)`: truncate(2); on kernels before 6.2 also
@@ -385,9 +410,11 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
         Err(verdict) => return verdict,
     };
     let file = ctx.arg::<*const u8>(0) as u64;
-    let target = read_u32(file, off!(file_f_mode))
-        .map(|f_mode| (f_mode & (FMODE_BACKING | FMODE_NOACCOUNT) == 0).then(|| file_path(file)));
-    write_to(session, OP_WRITE, target, allow)
+    match read_u32(file, off!(file_f_mode)) {
+        Ok(f_mode) if f_mode & (FMODE_BACKING | FMODE_NOACCOUNT) != 0 => allow,
+        Ok(_) => write_file(session, OP_WRITE, file, allow),
+        Err(Unreadable) => unresolved(session, OP_WRITE, allow),
+    }
 }
 
 /// The `struct path` through which the process reached `file`. For a backing file (what

@@ -1,12 +1,12 @@
 //! Every map the programs share with user space. User space fills the configuration maps
 //! before a session's first command runs and reads `EVENTS` and `STATS`.
 use agent_guard_common::{
-    Event, ScopeKey, SessionConfig, EVENT_RING_BYTES, MAX_PENDING_ENROLMENTS, MAX_SCOPE_ENTRIES,
-    MAX_SESSIONS, MAX_SESSION_TASKS, STAT_SLOTS,
+    Event, ScopeKey, SessionConfig, EVENT_RING_BYTES, MAX_AUDITED_FILES, MAX_PENDING_ENROLMENTS,
+    MAX_SCOPE_ENTRIES, MAX_SESSIONS, MAX_SESSION_TASKS, STAT_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Live tasks of all guarded sessions: `task_struct` address to session id. Filled by the
@@ -39,6 +39,15 @@ pub static PROTECTED: HashMap<ScopeKey, u32> = HashMap::with_max_entries(MAX_SCO
 /// whose minor is all ones (0xfffff) admits every minor of that major.
 #[map]
 pub static DEVICES: HashMap<[u32; 2], u32> = HashMap::with_max_entries(MAX_SCOPE_ENTRIES, 0);
+
+/// Open files a session in audit mode was reported writing although enforce mode would have
+/// refused it: `struct file` address to `[session, dentry address]`. Further writes through
+/// the same file are not reported again. Only consulted in audit mode, so it never changes
+/// a refusal; the dentry keeps a file that reuses a freed file's address from being taken
+/// for it.
+#[map]
+pub static AUDITED_FILES: LruHashMap<u64, [u64; 2]> =
+    LruHashMap::with_max_entries(MAX_AUDITED_FILES, 0);
 
 /// Decisions on their way to user space.
 #[map]

@@ -39,9 +39,7 @@ pub struct Finding {
 /// verdict the hook was given) in audit mode.
 #[inline(always)]
 pub fn decide(session: u32, finding: &Finding, allow: i32) -> i32 {
-    // A session without settings is enforcing: fail closed.
-    // SAFETY: SessionConfig is plain data; a concurrent update can only swap the mode.
-    let audit = unsafe { SESSIONS.get(&session) }.is_some_and(|c| c.mode == MODE_AUDIT);
+    let audit = audit_mode(session);
     let (decision, verdict, stat) = if audit {
         (DECISION_AUDIT, allow, STAT_AUDITED)
     } else {
@@ -55,6 +53,14 @@ pub fn decide(session: u32, finding: &Finding, allow: i32) -> i32 {
         if audit { 0 } else { finding.errno as u32 },
     );
     verdict
+}
+
+/// Whether `session` runs in audit mode. A session without settings is enforcing: fail
+/// closed.
+#[inline(always)]
+pub fn audit_mode(session: u32) -> bool {
+    // SAFETY: SessionConfig is plain data; a concurrent update can only swap the mode.
+    unsafe { SESSIONS.get(&session) }.is_some_and(|c| c.mode == MODE_AUDIT)
 }
 
 /// Convenience for the common case: `op` refused with EPERM by `rule` at `target`.

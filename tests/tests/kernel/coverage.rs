@@ -18,10 +18,10 @@ use std::{
 
 use crate::{
     expect::{deny, Expect},
-    fixture::{overwritten, Fixture, PRECIOUS},
+    fixture::{overwritten, Fixture, PRECIOUS, PROBE_WRITES},
     rule,
     script::{Outcome, Script},
-    session::{Run, Session},
+    session::{Run, Session, WORKSPACE_POLICY},
 };
 
 /// The time the probe's `utimensat`, `utimes` and `futimens-fd` set (2001-09-09).
@@ -747,4 +747,34 @@ fn io_uring_xattrs_links_and_exchange() {
         )
         .via_io_uring(),
     ]);
+}
+
+/// Audit mode lets the writes through and reports each open file once: two writes through
+/// an inherited descriptor the policy refuses make one event, not two.
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn audit_mode_reports_writes_once_per_file() {
+    let fx = Fixture::new("audit-writes");
+    fx.protect(&["prod/log"]);
+    let log = open_for_writing(&fx, "prod/log", false);
+    let policy = WORKSPACE_POLICY.replace(r#"mode = "enforce""#, r#"mode = "audit""#);
+    let script = Script::new(&fx)
+        .probe("first", &["write-fd", "30"])
+        .probe("second", &["write-fd", "30"]);
+    let s = Run::script(&fx, script)
+        .policy(&policy)
+        .inherit(&log, 30)
+        .finish();
+
+    s.assert_results(&[("first", "ok"), ("second", "ok")]);
+    let mut twice = PROBE_WRITES.repeat(2);
+    twice.push_str(&PRECIOUS[twice.len().min(PRECIOUS.len())..]);
+    fx.assert_content("prod/log", &twice);
+    s.assert_decisions(&[deny(
+        "write",
+        &[&fx.s("prod/log")],
+        rule::OUTSIDE,
+        s.outcome("first"),
+    )
+    .audited()]);
 }
