@@ -34,6 +34,10 @@ pub const MAX_POLICY_RULES: usize = 256;
 pub const MAX_DEVICE_ENTRIES: u32 = 4096;
 /// Processes waiting to be enrolled into a session at their next exec.
 pub const MAX_PENDING_ENROLMENTS: u32 = 256;
+/// Open files whose refused writes a session in audit mode has reported, remembered so that
+/// each is reported once rather than at every write. Least recently used ones are
+/// forgotten first; a forgotten one is reported again at its next write.
+pub const MAX_AUDITED_FILES: u32 = 4096;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENT_RING_BYTES: u32 = 8 << 20;
 
@@ -72,6 +76,15 @@ pub const OP_REMOVEXATTR: u32 = 16;
 pub const OP_CREATE: u32 = 17;
 pub const OP_MKDIR: u32 = 18;
 pub const OP_SYMLINK: u32 = 19;
+/// Writing a file's data through a descriptor already open: write, pwrite, fallocate,
+/// copy_file_range, splice, sendfile, io_uring.
+pub const OP_WRITE: u32 = 20;
+/// A shared writable mapping of a file (mmap, or mprotect adding write).
+pub const OP_MMAP: u32 = 21;
+/// Setting a file's access or modification time.
+pub const OP_UTIMES: u32 = 22;
+pub const OP_UMOUNT: u32 = 23;
+pub const OP_PIVOT_ROOT: u32 = 24;
 /// Opening a read-denied object for reading (or executing it, or listing it).
 pub const OP_READ: u32 = 25;
 
@@ -232,9 +245,17 @@ pub struct KernelOffsets {
     pub proc_inode_vfs_inode: u32,
     pub pid_tasks: u32,
     pub task_pid_links: u32,
+    pub task_cred: u32,
+    pub task_real_cred: u32,
+    pub iattr_ia_valid: u32,
+    pub vma_vm_flags: u32,
+    pub vma_vm_file: u32,
+    /// Offset of `user_path` from the `file` inside `struct backing_file` (Linux 6.8 and
+    /// later, where a backing file's `f_path` is the real one); 0 on kernels without it.
+    pub backing_file_user_path: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 28 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 34 * 4);
 
 /// ioctl(2) request with which user space asks the kernel side for the identity (device,
 /// inode) the hooks will see for an open file. `stat` can disagree: on overlayfs a regular

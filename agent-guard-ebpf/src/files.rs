@@ -5,21 +5,23 @@
 //! with the other LSMs, and never overrides an earlier refusal.
 use agent_guard_common::{
     NamePattern, ACCESS_MODIFY, ACCESS_READ, ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, EACCES,
-    EPERM, MAX_NAME_PATTERNS, OP_CHMOD, OP_CHOWN, OP_CREATE, OP_LINK, OP_MKDIR, OP_MOUNT,
-    OP_OPEN_WRITE, OP_READ, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SETXATTR, OP_SYMLINK,
-    OP_TRUNCATE, OP_UNLINK, RULE_MOUNT, RULE_MULTI_LINK, RULE_POLICY_BASE, RULE_UNRESOLVED,
+    EPERM, MAX_NAME_PATTERNS, OP_CHMOD, OP_CHOWN, OP_CREATE, OP_LINK, OP_MKDIR, OP_MMAP, OP_MOUNT,
+    OP_OPEN_WRITE, OP_PIVOT_ROOT, OP_READ, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SETXATTR,
+    OP_SYMLINK, OP_TRUNCATE, OP_UMOUNT, OP_UNLINK, OP_UTIMES, OP_WRITE, RULE_MOUNT,
+    RULE_MULTI_LINK, RULE_POLICY_BASE, RULE_UNRESOLVED,
 };
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
     guard::in_session,
     kernel::{
-        file_path, off, path_parts, proc_inode_task, read_u16, read_u32, read_u64, Unreadable,
+        arg_from_end, creds_overridden, file_path, off, path_parts, proc_inode_task, read_u16,
+        read_u32, read_u64, Unreadable,
     },
-    maps::{DEVICES, PATTERNS},
-    report::{apply, apply_finding, decide, deny_at, Finding, Location},
+    maps::{AUDITED_FILES, DEVICES, PATTERNS},
+    report::{apply, apply_finding, audit_mode, decide, deny_at, Finding, Location},
     scope::{check, pattern_trees, session_config, Checked},
-    session::enter,
+    session::{current_session, enter},
 };
 
 /// `FMODE_READ` and `FMODE_WRITE` in `file::f_mode`.
@@ -45,6 +47,21 @@ const S_IFCHR: u16 = 0o020000;
 const S_IFBLK: u16 = 0o060000;
 /// Minor number that stands for "every minor" in the DEVICES map.
 const ANY_MINOR: u32 = 0xfffff;
+/// `MAY_WRITE` in `file_permission`'s mask.
+const MAY_WRITE: i32 = 0x2;
+/// `PROT_WRITE` and `MAP_SHARED` (which `MAP_SHARED_VALIDATE` includes) of mmap(2).
+const PROT_WRITE: u64 = 0x2;
+const MAP_SHARED: u64 = 0x1;
+/// `VM_SHARED` in `vm_area_struct::vm_flags`: a shared mapping of a file open for writing.
+const VM_SHARED: u64 = 0x8;
+/// `ATTR_*` bits of `iattr::ia_valid`.
+const ATTR_MODE: u32 = 1 << 0;
+const ATTR_UID: u32 = 1 << 1;
+const ATTR_GID: u32 = 1 << 2;
+const ATTR_SIZE: u32 = 1 << 3;
+const ATTR_ATIME: u32 = 1 << 4;
+const ATTR_MTIME: u32 = 1 << 5;
+const ATTR_TOUCH: u32 = 1 << 17;
 
 const ALLOWED: Checked = Checked {
     action: ACTION_ALLOW,
@@ -412,13 +429,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     };
     let file = ctx.arg::<*const u8>(0) as u64;
     let Ok(f_mode) = read_u32(file, off!(file_f_mode)) else {
-        return deny_at(
-            session,
-            OP_OPEN_WRITE,
-            RULE_UNRESOLVED,
-            Location { mnt: 0, dentry: 0 },
-            allow,
-        );
+        return unresolved(session, OP_OPEN_WRITE, allow);
     };
     if f_mode & (FMODE_CREATED | FMODE_BACKING | FMODE_NOACCOUNT) != 0 {
         return allow;
@@ -430,61 +441,73 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if !writing && !reading {
         return allow;
     }
-    let Ok((mnt, dentry)) = path_parts(file_path(file)) else {
-        return deny_at(
-            session,
-            if writing { OP_OPEN_WRITE } else { OP_READ },
-            RULE_UNRESOLVED,
-            Location { mnt: 0, dentry: 0 },
-            allow,
-        );
-    };
-    let at = Location { mnt, dentry };
     if writing {
-        let verdict = apply(
-            session,
-            OP_OPEN_WRITE,
-            check_writable(session, mnt, dentry),
-            EPERM,
-            at,
-            allow,
-        );
+        let verdict = write_file(session, OP_OPEN_WRITE, file, allow);
         if verdict != allow {
             return verdict;
         }
     }
     if reading {
+        let Ok((mnt, dentry)) = path_parts(file_path(file)) else {
+            return unresolved(session, OP_READ, allow);
+        };
         return apply(
             session,
             OP_READ,
             check(session, ACCESS_READ, mnt, dentry, false),
             EACCES,
-            at,
+            Location { mnt, dentry },
             allow,
         );
     }
     allow
 }
 
+/// [`check_writable`] on the object at the `struct path` pointer `path`: the one decision
+/// behind opening for writing, truncating, writing through a descriptor and mapping shared
+/// and writable, with where it was taken.
 #[inline(always)]
-fn truncate(session: u32, path: u64, allow: i32) -> i32 {
+fn writable_at(session: u32, path: u64) -> (Checked, Location) {
     let Ok((mnt, dentry)) = path_parts(path) else {
-        return deny_at(
-            session,
-            OP_TRUNCATE,
-            RULE_UNRESOLVED,
+        return (
+            Checked {
+                action: ACTION_DENY,
+                rule: RULE_UNRESOLVED,
+            },
             Location { mnt: 0, dentry: 0 },
-            allow,
         );
     };
-    apply(
-        session,
-        OP_TRUNCATE,
+    (
         check_writable(session, mnt, dentry),
-        EPERM,
         Location { mnt, dentry },
-        allow,
     )
+}
+
+/// [`writable_at`] for `op`, carried out.
+#[inline(always)]
+fn write_at(session: u32, op: u32, path: u64, allow: i32) -> i32 {
+    let (checked, at) = writable_at(session, path);
+    apply(session, op, checked, EPERM, at, allow)
+}
+
+/// [`write_at`] for opening `file` or writing through it. In audit mode nothing stops the
+/// writes after an open the policy refuses, so each open file is reported once, by its open
+/// or by its first write, not at every write after that.
+#[inline(always)]
+fn write_file(session: u32, op: u32, file: u64, allow: i32) -> i32 {
+    let (checked, at) = writable_at(session, file_path(file));
+    if checked.action == ACTION_ALLOW {
+        return allow;
+    }
+    if checked.action == ACTION_AUDIT || audit_mode(session) {
+        let seen = [u64::from(session), at.dentry];
+        // SAFETY: plain data; a racing update can only cost one more report.
+        if unsafe { AUDITED_FILES.get(&file) } == Some(&seen) {
+            return allow;
+        }
+        let _ = AUDITED_FILES.insert(&file, &seen, 0);
+    }
+    apply(session, op, checked, EPERM, at, allow)
 }
 
 /// `path_truncate(const struct path *path)`: truncate(2); on kernels before 6.2 also
@@ -495,7 +518,7 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
         Ok(entered) => entered,
         Err(verdict) => return verdict,
     };
-    truncate(session, ctx.arg::<*const u8>(0) as u64, allow)
+    write_at(session, OP_TRUNCATE, ctx.arg::<*const u8>(0) as u64, allow)
 }
 
 /// `file_truncate(struct file *file)` (Linux 6.2 and later): ftruncate(2) and O_TRUNC,
@@ -506,19 +529,159 @@ pub fn file_truncate(ctx: LsmContext) -> i32 {
         Ok(entered) => entered,
         Err(verdict) => return verdict,
     };
-    truncate(session, file_path(ctx.arg::<*const u8>(0) as u64), allow)
+    write_at(
+        session,
+        OP_TRUNCATE,
+        file_path(ctx.arg::<*const u8>(0) as u64),
+        allow,
+    )
 }
 
-/// Refuses a mount onto the `struct path` at `target` (a pointer from the hook's arguments).
+/// `op` refused because its target could not be read from the kernel's objects: fail
+/// closed.
 #[inline(always)]
-fn refuse_mount(session: u32, target: u64, allow: i32) -> i32 {
-    let at = path_parts(target).map(|(mnt, dentry)| Location { mnt, dentry });
+fn unresolved(session: u32, op: u32, allow: i32) -> i32 {
+    deny_at(
+        session,
+        op,
+        RULE_UNRESOLVED,
+        Location { mnt: 0, dentry: 0 },
+        allow,
+    )
+}
+
+/// The decision for a write `op` whose target the hook found: a `struct path` pointer to
+/// decide with [`write_at`], or `None` when there is nothing to decide.
+#[inline(always)]
+fn write_to(session: u32, op: u32, target: Result<Option<u64>, Unreadable>, allow: i32) -> i32 {
+    match target {
+        Ok(Some(path)) => write_at(session, op, path, allow),
+        Ok(None) => allow,
+        Err(Unreadable) => unresolved(session, op, allow),
+    }
+}
+
+/// `file_permission(struct file *file, int mask)`: the kernel asks before every read and
+/// write of a file's data: write(2) and its vector, positional and asynchronous forms,
+/// fallocate, copy_file_range, splice and sendfile into the file, clone and dedupe ranges,
+/// and their io_uring versions. `file_open` decided the descriptors a session opened itself;
+/// this decides the others as well: descriptors inherited from whoever started the session
+/// or passed over a socket, whose opening no session hook saw.
+///
+/// Every read and write of every process passes here, so reads leave at the first test and
+/// processes outside the sessions at the second. Backing files of overlayfs are skipped as
+/// in `file_open`: the kernel writes them for the overlay file the process holds, whose own
+/// write was decided first.
+#[lsm(hook = "file_permission")]
+pub fn file_permission(ctx: LsmContext) -> i32 {
+    let mask: i32 = ctx.arg(1);
+    if mask & MAY_WRITE == 0 {
+        return ctx.arg(2);
+    }
+    let (session, allow) = match enter(&ctx, 2) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
+    };
+    let file = ctx.arg::<*const u8>(0) as u64;
+    match read_u32(file, off!(file_f_mode)) {
+        Ok(f_mode) if f_mode & (FMODE_BACKING | FMODE_NOACCOUNT) != 0 => allow,
+        Ok(_) => write_file(session, OP_WRITE, file, allow),
+        Err(Unreadable) => unresolved(session, OP_WRITE, allow),
+    }
+}
+
+/// The `struct path` through which the process reached `file`. For a backing file (what
+/// overlayfs puts into a mapping of one of its files) Linux 6.8 and later keep the real path
+/// of the lower file in `f_path` and the process's path in `struct backing_file`; the
+/// decision must be the one the overlay file would get.
+#[inline(always)]
+fn user_path(file: u64) -> Result<u64, Unreadable> {
+    let f_mode = read_u32(file, off!(file_f_mode))?;
+    let user_path = off!(backing_file_user_path);
+    if f_mode & FMODE_BACKING != 0 && user_path != 0 {
+        return Ok(file + user_path);
+    }
+    Ok(file_path(file))
+}
+
+/// `mmap_file(struct file *file, unsigned long reqprot, unsigned long prot, unsigned long
+/// flags)`: a shared writable mapping writes the file as surely as write(2) does, without
+/// another hook. Private and read-only mappings (every executable and library) and
+/// anonymous ones leave at the first test. A descriptor not open for writing cannot be
+/// mapped shared and writable at all; the kernel refuses that itself.
+#[lsm(hook = "mmap_file")]
+pub fn mmap_file(ctx: LsmContext) -> i32 {
+    let file = ctx.arg::<*const u8>(0) as u64;
+    let prot: u64 = ctx.arg(2);
+    let flags: u64 = ctx.arg(3);
+    if file == 0 || prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
+        return ctx.arg(4);
+    }
+    let (session, allow) = match enter(&ctx, 4) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
+    };
+    let target = || -> Result<Option<u64>, Unreadable> {
+        if read_u32(file, off!(file_f_mode))? & FMODE_WRITE == 0 {
+            return Ok(None);
+        }
+        user_path(file).map(Some)
+    };
+    write_to(session, OP_MMAP, target(), allow)
+}
+
+/// `file_mprotect(struct vm_area_struct *vma, unsigned long reqprot, unsigned long prot)`:
+/// adding write to a shared mapping made read-only first is the other way to a writable
+/// mapping. `VM_SHARED` is only set on shared mappings of descriptors open for writing.
+#[lsm(hook = "file_mprotect")]
+pub fn file_mprotect(ctx: LsmContext) -> i32 {
+    let prot: u64 = ctx.arg(2);
+    if prot & PROT_WRITE == 0 {
+        return ctx.arg(3);
+    }
+    let (session, allow) = match enter(&ctx, 3) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
+    };
+    let vma = ctx.arg::<*const u8>(0) as u64;
+    let target = || -> Result<Option<u64>, Unreadable> {
+        if read_u64(vma, off!(vma_vm_flags))? & VM_SHARED == 0 {
+            return Ok(None);
+        }
+        match read_u64(vma, off!(vma_vm_file))? {
+            0 => Ok(None),
+            file => user_path(file).map(Some),
+        }
+    };
+    write_to(session, OP_MMAP, target(), allow)
+}
+
+/// The location of the `struct path` at `path`, for an event. An unreadable one is all
+/// zeros, which renders as an empty path marked cut short: an `Option` would leave LLVM an
+/// undefined payload to spill, which the verifier refuses once two meet in one event.
+#[inline(always)]
+fn location(path: u64) -> Location {
+    let (mnt, dentry) = path_parts(path).unwrap_or((0, 0));
+    Location { mnt, dentry }
+}
+
+/// Refuses `op`, a change to the mount tree, at `target` (and `target2`). Sessions change no
+/// mounts, so the refusal needs no lookup that could fail: only the event's paths can be
+/// missing.
+#[inline(always)]
+fn refuse_mount(
+    session: u32,
+    op: u32,
+    target: Location,
+    target2: Option<Location>,
+    allow: i32,
+) -> i32 {
     let finding = Finding {
-        op: OP_MOUNT,
+        op,
         rule: RULE_MOUNT,
         errno: EPERM,
-        target: at.ok(),
-        target2: None,
+        target: Some(target),
+        target2,
         target_pid: 0,
         detail: 0,
     };
@@ -530,7 +693,13 @@ fn refuse_mount(session: u32, target: u64, allow: i32) -> i32 {
 #[lsm(hook = "sb_mount")]
 pub fn sb_mount(ctx: LsmContext) -> i32 {
     match enter(&ctx, 5) {
-        Ok((session, allow)) => refuse_mount(session, ctx.arg::<*const u8>(1) as u64, allow),
+        Ok((session, allow)) => refuse_mount(
+            session,
+            OP_MOUNT,
+            location(ctx.arg::<*const u8>(1) as u64),
+            None,
+            allow,
+        ),
         Err(verdict) => verdict,
     }
 }
@@ -540,9 +709,47 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
 #[lsm(hook = "move_mount")]
 pub fn move_mount(ctx: LsmContext) -> i32 {
     match enter(&ctx, 2) {
-        Ok((session, allow)) => refuse_mount(session, ctx.arg::<*const u8>(1) as u64, allow),
+        Ok((session, allow)) => refuse_mount(
+            session,
+            OP_MOUNT,
+            location(ctx.arg::<*const u8>(1) as u64),
+            None,
+            allow,
+        ),
         Err(verdict) => verdict,
     }
+}
+
+/// `sb_umount(struct vfsmount *mnt, int flags)`: a session unmounts nothing. Taking a mount
+/// away can uncover what it hid, or pull a filesystem from under the processes using it.
+#[lsm(hook = "sb_umount")]
+pub fn sb_umount(ctx: LsmContext) -> i32 {
+    let (session, allow) = match enter(&ctx, 2) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
+    };
+    let mnt = ctx.arg::<*const u8>(0) as u64;
+    // The mount's root dentry: its event path is where the mount is attached.
+    let dentry = read_u64(mnt, off!(vfsmount_mnt_root)).unwrap_or(0);
+    refuse_mount(session, OP_UMOUNT, Location { mnt, dentry }, None, allow)
+}
+
+/// `sb_pivotroot(const struct path *old_path, const struct path *new_path)`: pivot_root(2)
+/// swaps the root of a mount namespace, which no session does. The event names the new
+/// root first and the place of the old one second, in the system call's order.
+#[lsm(hook = "sb_pivotroot")]
+pub fn sb_pivotroot(ctx: LsmContext) -> i32 {
+    let (session, allow) = match enter(&ctx, 2) {
+        Ok(entered) => entered,
+        Err(verdict) => return verdict,
+    };
+    refuse_mount(
+        session,
+        OP_PIVOT_ROOT,
+        location(ctx.arg::<*const u8>(1) as u64),
+        Some(location(ctx.arg::<*const u8>(0) as u64)),
+        allow,
+    )
 }
 
 /// Applies the policy's answer on modifying `dentry`: an attribute change (mode, owner,
@@ -565,13 +772,7 @@ fn modification(session: u32, op: u32, mnt: u64, dentry: u64, allow: i32) -> i32
 fn attribute_change_at(session: u32, op: u32, path: u64, allow: i32) -> i32 {
     match path_parts(path) {
         Ok((mnt, dentry)) => modification(session, op, mnt, dentry, allow),
-        Err(Unreadable) => deny_at(
-            session,
-            op,
-            RULE_UNRESOLVED,
-            Location { mnt: 0, dentry: 0 },
-            allow,
-        ),
+        Err(Unreadable) => unresolved(session, op, allow),
     }
 }
 
@@ -629,6 +830,54 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
         ctx.arg::<*const u8>(1) as u64,
         allow,
     )
+}
+
+/// `inode_setattr([struct mnt_idmap *idmap,] struct dentry *dentry, struct iattr *attr)`:
+/// setting a file's times (utime, utimes, utimensat, futimens, `touch`), like any attribute
+/// change. Mode, owner and size changes pass here too, but `path_chmod`, `path_chown` and
+/// the truncate hooks decide those with the mount, so they are left to them. The hook has
+/// no mount: see `inode_setxattr`.
+///
+/// 6.12 passes a `mnt_idmap` first and 6.1 does not, so the dentry is found counting from
+/// the last argument. The verdict slot moves with it and is not read, as in the `bpf` hook: a
+/// BPF LSM program only runs while the verdict is still 0, since a non-zero one ends the
+/// chain of programs.
+#[lsm(hook = "inode_setattr")]
+pub fn inode_setattr(ctx: LsmContext) -> i32 {
+    const ALLOW: i32 = 0;
+    let Some(session) = current_session() else {
+        return ALLOW;
+    };
+    let unresolved = |dentry: u64| {
+        deny_at(
+            session,
+            OP_UTIMES,
+            RULE_UNRESOLVED,
+            Location { mnt: 0, dentry },
+            ALLOW,
+        )
+    };
+    let (Some(dentry), Some(attr)) = (arg_from_end(&ctx, 2), arg_from_end(&ctx, 1)) else {
+        return unresolved(0);
+    };
+    let Ok(valid) = read_u32(attr, off!(iattr_ia_valid)) else {
+        return unresolved(dentry);
+    };
+    if valid & (ATTR_ATIME | ATTR_MTIME | ATTR_TOUCH) == 0
+        || valid & (ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_SIZE) != 0
+    {
+        return ALLOW;
+    }
+    // Overlayfs repeats a change it was asked for on its upper layer (and sets the times of
+    // each file it copies up) with its own credentials. The change on the overlay's file was
+    // decided here first; the upper layer's filesystem holds no scope, so deciding the
+    // repetition would refuse every change inside the scope. (No io_uring operation sets
+    // times, so a request under another personality cannot come this way.)
+    match creds_overridden() {
+        Ok(true) => ALLOW,
+        Ok(false) => modification(session, OP_UTIMES, 0, dentry, ALLOW),
+        Err(Unreadable) => unresolved(dentry),
+    }
 }
 
 /// Creation of `dentry` in the directory at the `struct path` pointer `dir`, decided on the

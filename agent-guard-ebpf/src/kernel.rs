@@ -3,7 +3,14 @@
 //! Field offsets are not compiled in: user space reads them from the running kernel's BTF and
 //! sets `AG_OFFSETS` before load, so one object serves kernels whose layouts differ.
 use agent_guard_common::KernelOffsets;
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_kernel,
+        generated::{bpf_get_func_arg, bpf_get_func_arg_cnt},
+    },
+    programs::LsmContext,
+    EbpfContext as _,
+};
 
 #[unsafe(no_mangle)]
 pub(crate) static AG_OFFSETS: KernelOffsets = KernelOffsets {
@@ -34,6 +41,12 @@ pub(crate) static AG_OFFSETS: KernelOffsets = KernelOffsets {
     proc_inode_vfs_inode: 0,
     pid_tasks: 0,
     task_pid_links: 0,
+    task_cred: 0,
+    task_real_cred: 0,
+    iattr_ia_valid: 0,
+    vma_vm_flags: 0,
+    vma_vm_file: 0,
+    backing_file_user_path: 0,
     _pad: 0,
 };
 
@@ -74,6 +87,33 @@ pub fn read_u16(base: u64, offset: u64) -> Result<u16, Unreadable> {
 pub fn current_task() -> u64 {
     // SAFETY: the helper has no preconditions.
     unsafe { bpf_get_current_task() }
+}
+
+/// Whether the current task runs with credentials the kernel put in place of its own for a
+/// while (`override_creds`): overlayfs does so when it repeats an operation, already decided
+/// on the overlay's own object, on the layer below. A process cannot leave its credentials
+/// overridden (setuid and friends replace both at once); io_uring overrides them for a
+/// request sent with a registered personality, which callers must weigh.
+#[inline(always)]
+pub fn creds_overridden() -> Result<bool, Unreadable> {
+    let task = current_task();
+    Ok(read_u64(task, off!(task_cred))? != read_u64(task, off!(task_real_cred))?)
+}
+
+/// The hook's argument `n` counted from the last one: `from_end == 1` is the last. For
+/// hooks whose leading arguments differ between kernels (6.1's `inode_setattr` has no
+/// `mnt_idmap`), where a constant context index would name another argument on the other
+/// kernel. The trampoline knows how many arguments the hook has; `None` when it has fewer.
+#[inline(always)]
+pub fn arg_from_end(ctx: &LsmContext, from_end: u32) -> Option<u64> {
+    // SAFETY: the helpers read the trampoline's saved arguments and check `n` against
+    // their count.
+    unsafe {
+        let count = bpf_get_func_arg_cnt(ctx.as_ptr()) as u32;
+        let n = count.checked_sub(from_end)?;
+        let mut value = 0u64;
+        (bpf_get_func_arg(ctx.as_ptr(), n, &mut value) == 0).then_some(value)
+    }
 }
 
 /// The `(vfsmount, dentry)` pair of a `struct path`.

@@ -1,12 +1,13 @@
 //! Every map the programs share with user space. User space fills the configuration maps
 //! before a session's first command runs and reads `EVENTS` and `STATS`.
 use agent_guard_common::{
-    Event, PatternSet, RuleEntry, ScopeKey, SessionConfig, EVENT_RING_BYTES, MAX_DEVICE_ENTRIES,
-    MAX_PENDING_ENROLMENTS, MAX_RULE_ENTRIES, MAX_SESSIONS, MAX_SESSION_TASKS, STAT_SLOTS,
+    Event, PatternSet, RuleEntry, ScopeKey, SessionConfig, EVENT_RING_BYTES, MAX_AUDITED_FILES,
+    MAX_DEVICE_ENTRIES, MAX_PENDING_ENROLMENTS, MAX_RULE_ENTRIES, MAX_SESSIONS, MAX_SESSION_TASKS,
+    STAT_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Live tasks of all guarded sessions: `task_struct` address to session id. Filled by the
@@ -38,6 +39,15 @@ pub static PATTERNS: HashMap<u32, PatternSet> = HashMap::with_max_entries(MAX_SE
 /// whose minor is all ones (0xfffff) admits every minor of that major.
 #[map]
 pub static DEVICES: HashMap<[u32; 2], u32> = HashMap::with_max_entries(MAX_DEVICE_ENTRIES, 0);
+
+/// Open files a session in audit mode was reported writing although enforce mode would have
+/// refused it: `struct file` address to `[session, dentry address]`. Further writes through
+/// the same file are not reported again. Only consulted in audit mode, so it never changes
+/// a refusal; the dentry keeps a file that reuses a freed file's address from being taken
+/// for it.
+#[map]
+pub static AUDITED_FILES: LruHashMap<u64, [u64; 2]> =
+    LruHashMap::with_max_entries(MAX_AUDITED_FILES, 0);
 
 /// Decisions on their way to user space.
 #[map]

@@ -65,6 +65,13 @@ fn settle(session: u32, finding: &Finding, allow: i32, audit_rule: bool) -> i32 
     verdict
 }
 
+/// Whether `session` runs in audit mode. A session without settings is enforcing: fail
+/// closed.
+#[inline(always)]
+pub fn audit_mode(session: u32) -> bool {
+    session_config(session).mode == MODE_AUDIT
+}
+
 /// Convenience for the common case: `op` refused with EPERM by `rule` at `target`.
 #[inline(always)]
 pub fn deny_at(session: u32, op: u32, rule: u32, target: Location, allow: i32) -> i32 {

@@ -79,12 +79,35 @@ const HOOKS: &[Hook] = &[
         program: "file_open",
         required: true,
     },
+    // Writing through descriptors already open, whoever opened them: write and its kin,
+    // shared writable mappings.
+    Hook {
+        program: "file_permission",
+        required: true,
+    },
+    Hook {
+        program: "mmap_file",
+        required: true,
+    },
+    Hook {
+        program: "file_mprotect",
+        required: true,
+    },
+    // The mount tree: no mount, unmount or pivot_root.
     Hook {
         program: "sb_mount",
         required: true,
     },
     Hook {
         program: "move_mount",
+        required: true,
+    },
+    Hook {
+        program: "sb_umount",
+        required: true,
+    },
+    Hook {
+        program: "sb_pivotroot",
         required: true,
     },
     // Creation: new files, fifos, sockets, directories, symlinks.
@@ -100,7 +123,7 @@ const HOOKS: &[Hook] = &[
         program: "path_symlink",
         required: true,
     },
-    // Attribute changes: mode, owner, extended attributes.
+    // Attribute changes: mode, owner, extended attributes, times.
     Hook {
         program: "path_chmod",
         required: true,
@@ -115,6 +138,10 @@ const HOOKS: &[Hook] = &[
     },
     Hook {
         program: "inode_removexattr",
+        required: true,
+    },
+    Hook {
+        program: "inode_setattr",
         required: true,
     },
     // Self-protection: no signals or ptrace outside the session, no bpf(2).

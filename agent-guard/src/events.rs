@@ -9,11 +9,11 @@ use std::{
 use agent_guard_common::{
     Event, EventHeader, DECISION_AUDIT, DECISION_DENY, EVENT_DATA_LEN, EVENT_DECISION, EVENT_PATHS,
     FLAG_PATH_TRUNCATED, OP_BPF, OP_CHMOD, OP_CHOWN, OP_CREATE, OP_EXEC, OP_FORK, OP_LINK,
-    OP_MKDIR, OP_MOUNT, OP_OPEN_WRITE, OP_PTRACE, OP_READ, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR,
-    OP_SETXATTR, OP_SIGNAL, OP_SYMLINK, OP_TRUNCATE, OP_UNLINK, PATH_EXE, PATH_TARGET,
-    PATH_TARGET2, RULE_MOUNT, RULE_MULTI_LINK, RULE_NO_BPF, RULE_OUTSIDE_SCOPE,
-    RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP, RULE_POLICY_BASE, RULE_SCOPE_ROOT,
-    RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
+    OP_MKDIR, OP_MMAP, OP_MOUNT, OP_OPEN_WRITE, OP_PIVOT_ROOT, OP_PTRACE, OP_READ, OP_REMOVEXATTR,
+    OP_RENAME, OP_RMDIR, OP_SETXATTR, OP_SIGNAL, OP_SYMLINK, OP_TRUNCATE, OP_UMOUNT, OP_UNLINK,
+    OP_UTIMES, OP_WRITE, PATH_EXE, PATH_TARGET, PATH_TARGET2, RULE_MOUNT, RULE_MULTI_LINK,
+    RULE_NO_BPF, RULE_OUTSIDE_SCOPE, RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP, RULE_POLICY_BASE,
+    RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
 };
 use serde::Serialize;
 
@@ -48,6 +48,11 @@ pub fn op_name(op: u32) -> Result<&'static str, DecodeError> {
         OP_MKDIR => "mkdir",
         OP_SYMLINK => "symlink",
         OP_READ => "read",
+        OP_WRITE => "write",
+        OP_MMAP => "mmap-write",
+        OP_UTIMES => "utimes",
+        OP_UMOUNT => "umount",
+        OP_PIVOT_ROOT => "pivot-root",
         value => {
             return Err(DecodeError::Unknown {
                 field: "operation",
@@ -487,12 +492,12 @@ mod tests {
 
     #[test]
     fn every_operation_has_its_own_name() {
-        let names: Vec<&str> = (1..=19).map(|op| op_name(op).unwrap()).collect();
+        let names: Vec<&str> = (1..=25).map(|op| op_name(op).unwrap()).collect();
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{names:?}");
-        assert!(op_name(20).is_err());
+        assert!(op_name(26).is_err());
     }
 
     #[test]

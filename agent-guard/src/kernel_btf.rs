@@ -260,6 +260,22 @@ impl KernelBtf {
         Ok(bits / 8)
     }
 
+    /// Where a backing file (overlayfs maps one in place of the file a process opened) keeps
+    /// the path the process used, relative to its `struct file`. Linux 6.8 and later put the
+    /// real path in `f_path` and the user's in `backing_file::user_path`; older kernels keep
+    /// the user's path in `f_path` (6.1's fake-path files, 6.6's backing files): 0.
+    fn backing_file_user_path(&self) -> Result<u32, BtfError> {
+        match self.offset_of("backing_file", "user_path") {
+            Ok(user_path) => user_path
+                .checked_sub(self.offset_of("backing_file", "file")?)
+                .ok_or(BtfError::Malformed(
+                    "backing_file::user_path precedes its file",
+                )),
+            Err(BtfError::NoStruct(_) | BtfError::NoMember { .. }) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every offset the BPF programs need.
     pub fn offsets(&self) -> Result<KernelOffsets, BtfError> {
         Ok(KernelOffsets {
@@ -290,6 +306,13 @@ impl KernelBtf {
             proc_inode_vfs_inode: self.offset_of("proc_inode", "vfs_inode")?,
             pid_tasks: self.offset_of("pid", "tasks")?,
             task_pid_links: self.offset_of("task_struct", "pid_links")?,
+            task_cred: self.offset_of("task_struct", "cred")?,
+            task_real_cred: self.offset_of("task_struct", "real_cred")?,
+            iattr_ia_valid: self.offset_of("iattr", "ia_valid")?,
+            // 6.3+ wrap vm_flags in an anonymous union; find_member looks inside.
+            vma_vm_flags: self.offset_of("vm_area_struct", "vm_flags")?,
+            vma_vm_file: self.offset_of("vm_area_struct", "vm_file")?,
+            backing_file_user_path: self.backing_file_user_path()?,
             _pad: 0,
         })
     }

@@ -17,6 +17,8 @@
 //! in `operations` (rename over and away, RENAME_EXCHANGE, O_TRUNC, truncate, ftruncate of
 //! an inherited descriptor, mount over) and `destruction` (mode, owner, xattrs, holes);
 //! leaving the tree in `escape`; io_uring in `io_uring`; flooding the event buffer in `flood`.
+//! Writes through descriptors the session inherited, shared writable mappings, times,
+//! unmounting, pivot_root and the remaining io_uring operations in `coverage`.
 //!
 //! Fixtures live under /tmp (an overlayfs in the virtme-ng guest).
 //!
@@ -36,6 +38,8 @@ mod session;
 
 #[path = "kernel/aliases.rs"]
 mod aliases;
+#[path = "kernel/coverage.rs"]
+mod coverage;
 #[path = "kernel/destruction.rs"]
 mod destruction;
 #[path = "kernel/escape.rs"]

@@ -15,8 +15,10 @@ before=$(cd "$DEMO/prod" && find . -type f -exec sha256sum {} + | sort)
 
 echo "== agent-guard run -- rogue-agent.sh   (writable scope: $DEMO/workspace)"
 cd "$DEMO/workspace"
-"$AG" run --events "$DEMO/events.jsonl" -- bash "$HERE/rogue-agent.sh" "$DEMO/prod"
-status=$?
+# The agent's output reaches the screen through a pipe: a session writes only to terminals,
+# pipes, listed devices and files in its scope, and the VM's console is a virtio port.
+"$AG" run --events "$DEMO/events.jsonl" -- bash "$HERE/rogue-agent.sh" "$DEMO/prod" 2>&1 | cat
+status=${PIPESTATUS[0]}
 echo "== exit status of the guarded run: $status"
 
 echo "== events ($DEMO/events.jsonl)"

@@ -46,9 +46,27 @@ usage: ag-probe OP ARGS...
   punch-hole-fd FD            fallocate(2) PUNCH_HOLE on an inherited descriptor
   mmap-write PATH             open(2) O_RDWR, mmap(2) it shared and writable, write a line
   copy-into SRC DST           copy_file_range(2) from SRC into DST opened O_WRONLY
+  utimensat PATH              utimensat(2) to a fixed time (2001-09-09)
+  utimes PATH                 utimes(2) to the same fixed time
+  touch PATH                  utimensat(2) to the current time (no times given)
   mount-bind SRC DST          mount(2) MS_BIND
   mount-tmpfs DST             mount(2) a tmpfs
   move-mount SRC DST          open_tree(2) OPEN_TREE_CLONE, then move_mount(2)
+  umount PATH                 umount2(2)
+  pivot-root NEW PUT_OLD      pivot_root(2)
+Through a descriptor FD inherited open for writing (O_RDWR for the mappings):
+  write-fd FD                 write(2) a line
+  pwrite-fd FD                pwrite(2) a line at offset 0
+  fallocate-fd FD             fallocate(2) mode 0, the first megabyte (grows the file)
+  copy-into-fd SRC FD         copy_file_range(2) from SRC
+  splice-into-fd FD           splice(2) a line from a pipe
+  sendfile-into-fd SRC FD     sendfile(2) from SRC
+  mmap-write-fd FD            mmap(2) shared and writable, write a line
+  mprotect-write-fd FD        mmap(2) shared read-only, mprotect(2) writable, write a line
+  futimens-fd FD              futimens(2) to the fixed time
+  uring-write-fd FD           IORING_OP_WRITE of a line
+  uring-fallocate-fd FD       IORING_OP_FALLOCATE, mode 0, the first megabyte
+  uring-splice-fd FD          IORING_OP_SPLICE of a line from a pipe
   memfd                       memfd_create(2), reopen /proc/self/fd/N O_WRONLY, write, ftruncate
   unlink-many PATH COUNT      unlink(2) COUNT times; the result of the first call that
                               answers differently from the first, or the common answer
@@ -57,12 +75,21 @@ usage: ag-probe OP ARGS...
   uring-open-trunc PATH       IORING_OP_OPENAT with O_WRONLY|O_TRUNC
   uring-create PATH           IORING_OP_OPENAT with O_CREAT|O_EXCL|O_WRONLY
   uring-mkdir PATH            IORING_OP_MKDIRAT
+  uring-link EXISTING NEW     IORING_OP_LINKAT
+  uring-symlink TARGET LINK   IORING_OP_SYMLINKAT
+  uring-exchange A B          IORING_OP_RENAMEAT with RENAME_EXCHANGE
+  uring-setxattr PATH NAME VALUE   IORING_OP_SETXATTR
+  uring-fsetxattr PATH NAME VALUE  open(2) PATH O_RDONLY, then IORING_OP_FSETXATTR
   daemon RESULT DELAY_MS OP ARGS...
                               double fork + setsid, detach from stdio, wait DELAY_MS, run OP
                               and write its result line to the new file RESULT";
 
 /// What `open-write` and `create` write, so a test can tell a modified file from an intact one.
 const WRITTEN: &[u8] = b"written by ag-probe\n";
+
+/// The time `utimensat`, `utimes` and `futimens-fd` set: 2001-09-09T01:46:40Z, so that a
+/// test can tell a changed time from an intact one.
+const FIXED_TIME: libc::time_t = 1_000_000_000;
 
 /// `OPEN_TREE_CLONE` and `MOVE_MOUNT_F_EMPTY_PATH` from <linux/mount.h>.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -104,16 +131,22 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
         "read" | "mkdir" | "mkfifo" | "unlink" | "rmdir" | "truncate" | "ftruncate"
         | "ftruncate-fd" | "open-write" | "create" | "mount-tmpfs" | "uring-unlink"
         | "uring-open-trunc" | "uring-create" | "uring-mkdir" | "punch-hole" | "punch-hole-fd"
-        | "mmap-write" => 1,
+        | "mmap-write" | "utimensat" | "utimes" | "touch" | "umount" | "write-fd" | "pwrite-fd"
+        | "fallocate-fd" | "splice-into-fd" | "mmap-write-fd" | "mprotect-write-fd"
+        | "futimens-fd" | "uring-write-fd" | "uring-fallocate-fd" | "uring-splice-fd" => 1,
         "symlink" | "rename" | "exchange" | "open-trunc" | "link" | "mount-bind" | "move-mount"
-        | "uring-rename" | "chmod" | "copy-into" | "unlink-many" => 2,
-        "chown" | "setxattr" => 3,
+        | "uring-rename" | "chmod" | "copy-into" | "unlink-many" | "pivot-root"
+        | "copy-into-fd" | "sendfile-into-fd" | "uring-link" | "uring-symlink"
+        | "uring-exchange" => 2,
+        "chown" | "setxattr" | "uring-setxattr" | "uring-fsetxattr" => 3,
         _ => return None,
     };
     if rest.len() != arity {
         return None;
     }
     let a: Vec<CString> = rest.iter().map(|arg| cstr(arg)).collect();
+    // The descriptor argument of the `*-fd` operations: the last one.
+    let fd = || -> Option<libc::c_int> { rest.last()?.to_str()?.parse().ok() };
     Some(match op {
         "unlink" => unlink(&a[0]),
         "rmdir" => rmdir(&a[0]),
@@ -149,17 +182,34 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
             rest[2].to_str()?.parse().ok()?,
         ),
         "setxattr" => setxattr(&a[0], &a[1], rest[2].as_bytes()),
-        "punch-hole" => open(&a[0], libc::O_WRONLY).and_then(|fd| {
-            let result = punch_hole(fd);
-            close(fd);
-            result
-        }),
-        "punch-hole-fd" => punch_hole(rest[0].to_str()?.parse().ok()?),
-        "mmap-write" => mmap_write(&a[0]),
-        "copy-into" => copy_into(&a[0], &a[1]),
+        "punch-hole" => with_open(&a[0], libc::O_WRONLY, punch_hole),
+        "punch-hole-fd" => punch_hole(fd()?),
+        "mmap-write" => with_open(&a[0], libc::O_RDWR, |fd| mmap_write(fd, false)),
+        "copy-into" => with_open(&a[1], libc::O_WRONLY, |to| copy_into(&a[0], to)),
+        "utimensat" => utimensat(&a[0], true),
+        "touch" => utimensat(&a[0], false),
+        "utimes" => utimes(&a[0]),
         "mount-bind" => mount_bind(&a[0], &a[1]),
         "mount-tmpfs" => mount_tmpfs(&a[0]),
         "move-mount" => move_mount(&a[0], &a[1]),
+        // SAFETY (these two): valid NUL-terminated paths.
+        "umount" => check(unsafe { libc::umount2(a[0].as_ptr(), 0) }.into()).map(drop),
+        "pivot-root" => {
+            check(unsafe { libc::syscall(libc::SYS_pivot_root, a[0].as_ptr(), a[1].as_ptr()) })
+                .map(drop)
+        }
+        "write-fd" => write_all(fd()?, WRITTEN),
+        "pwrite-fd" => pwrite(fd()?),
+        "fallocate-fd" => fallocate(fd()?),
+        "copy-into-fd" => copy_into(&a[0], fd()?),
+        "splice-into-fd" => splice_into(fd()?),
+        "sendfile-into-fd" => sendfile_into(&a[0], fd()?),
+        "mmap-write-fd" => mmap_write(fd()?, false),
+        "mprotect-write-fd" => mmap_write(fd()?, true),
+        "futimens-fd" => futimens(fd()?),
+        "uring-write-fd" => uring_write(fd()?),
+        "uring-fallocate-fd" => uring_fallocate(fd()?),
+        "uring-splice-fd" => uring_splice(fd()?),
         "memfd" => memfd(),
         "read" => read(&a[0]),
         "unlink-many" => unlink_many(&a[0], rest[1].to_str()?.parse().ok()?),
@@ -168,6 +218,13 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
         "uring-open-trunc" => uring_open_trunc(&a[0]),
         "uring-create" => uring_create(&a[0]),
         "uring-mkdir" => uring_mkdir(&a[0]),
+        "uring-link" => uring_link(&a[0], &a[1]),
+        "uring-symlink" => uring_symlink(&a[0], &a[1]),
+        "uring-exchange" => uring_exchange(&a[0], &a[1]),
+        "uring-setxattr" => uring_setxattr(&a[0], &a[1], &a[2]),
+        "uring-fsetxattr" => with_open(&a[0], libc::O_RDONLY, |fd| {
+            uring_fsetxattr(fd, &a[1], &a[2])
+        }),
         _ => return None,
     })
 }
@@ -365,11 +422,25 @@ fn punch_hole(fd: libc::c_int) -> Result<(), Errno> {
     check(unsafe { libc::fallocate(fd, mode, 0, 1 << 20) }.into()).map(drop)
 }
 
-fn mmap_write(path: &CString) -> Result<(), Errno> {
-    let fd = open(path, libc::O_RDWR)?;
-    // SAFETY: a shared writable mapping of the file's first bytes, written within its length
-    // (capped by the file's size) and unmapped before returning.
-    let result = unsafe {
+/// Runs `op` on `path` opened with `flags`, and closes it.
+fn with_open(
+    path: &CString,
+    flags: libc::c_int,
+    op: impl FnOnce(libc::c_int) -> Result<(), Errno>,
+) -> Result<(), Errno> {
+    let fd = open(path, flags)?;
+    let result = op(fd);
+    close(fd);
+    result
+}
+
+/// Writes a line into `fd` through a shared mapping: made writable at once, or (`mprotect`)
+/// mapped read-only first and made writable by mprotect(2).
+fn mmap_write(fd: libc::c_int, mprotect: bool) -> Result<(), Errno> {
+    let last_error = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY: a shared mapping of the file's first bytes, written within its length (capped
+    // by the file's size) and unmapped before returning.
+    unsafe {
         let mut st: libc::stat = std::mem::zeroed();
         let len = if libc::fstat(fd, &mut st) == 0 {
             (st.st_size as usize).min(WRITTEN.len())
@@ -377,35 +448,31 @@ fn mmap_write(path: &CString) -> Result<(), Errno> {
             0
         };
         if len == 0 {
-            Err(libc::EINVAL)
-        } else {
-            let map = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            );
-            if map == libc::MAP_FAILED {
-                Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-            } else {
-                std::ptr::copy_nonoverlapping(WRITTEN.as_ptr(), map.cast::<u8>(), len);
-                libc::msync(map, len, libc::MS_SYNC);
-                libc::munmap(map, len);
-                Ok(())
-            }
+            return Err(libc::EINVAL);
         }
-    };
-    close(fd);
-    result
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let prot = if mprotect { libc::PROT_READ } else { rw };
+        let map = libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0);
+        if map == libc::MAP_FAILED {
+            return Err(last_error());
+        }
+        let result = if mprotect && libc::mprotect(map, len, rw) != 0 {
+            Err(last_error())
+        } else {
+            std::ptr::copy_nonoverlapping(WRITTEN.as_ptr(), map.cast::<u8>(), len);
+            libc::msync(map, len, libc::MS_SYNC);
+            Ok(())
+        };
+        libc::munmap(map, len);
+        result
+    }
 }
 
-fn copy_into(src: &CString, dst: &CString) -> Result<(), Errno> {
-    let from = open(src, libc::O_RDONLY)?;
-    let result = open(dst, libc::O_WRONLY).and_then(|to| {
-        // SAFETY: copy_file_range between two open descriptors, current offsets.
-        let copied = check(unsafe {
+/// copy_file_range(2) of up to a megabyte from `src` into `to`, at the current offsets.
+fn copy_into(src: &CString, to: libc::c_int) -> Result<(), Errno> {
+    with_open(src, libc::O_RDONLY, |from| {
+        // SAFETY: copy_file_range between two descriptors, current offsets.
+        check(unsafe {
             libc::copy_file_range(
                 from,
                 std::ptr::null_mut(),
@@ -414,12 +481,114 @@ fn copy_into(src: &CString, dst: &CString) -> Result<(), Errno> {
                 1 << 20,
                 0,
             )
-        } as libc::c_long);
-        close(to);
-        copied.map(drop)
-    });
-    close(from);
+        } as libc::c_long)
+        .map(drop)
+    })
+}
+
+/// `Ok` when a transfer call moved all of `WRITTEN`.
+fn whole(moved: libc::c_long) -> Result<(), Errno> {
+    if moved as usize == WRITTEN.len() {
+        Ok(())
+    } else {
+        Err(libc::EIO)
+    }
+}
+
+fn pwrite(fd: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: writing from a valid buffer.
+    whole(check(
+        unsafe { libc::pwrite(fd, WRITTEN.as_ptr().cast(), WRITTEN.len(), 0) } as libc::c_long,
+    )?)
+}
+
+/// Allocates the first megabyte (mode 0): the file grows to that size.
+fn fallocate(fd: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: fallocate on a descriptor number; a bad one is EBADF.
+    check(unsafe { libc::fallocate(fd, 0, 0, 1 << 20) }.into()).map(drop)
+}
+
+/// A pipe holding `WRITTEN`, for the splice operations: `(read end, write end)`.
+fn filled_pipe() -> Result<(libc::c_int, libc::c_int), Errno> {
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors.
+    check(unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) }.into())?;
+    let filled = write_all(ends[1], WRITTEN);
+    if let Err(errno) = filled {
+        close(ends[0]);
+        close(ends[1]);
+        return Err(errno);
+    }
+    Ok((ends[0], ends[1]))
+}
+
+/// Runs `op` with a pipe holding `WRITTEN` (its read end), then closes the pipe.
+fn with_pipe(op: impl FnOnce(libc::c_int) -> Result<(), Errno>) -> Result<(), Errno> {
+    let (read, write) = filled_pipe()?;
+    let result = op(read);
+    close(read);
+    close(write);
     result
+}
+
+fn splice_into(fd: libc::c_int) -> Result<(), Errno> {
+    with_pipe(|pipe| {
+        // SAFETY: splice from a pipe into a descriptor at its current offset.
+        whole(check(unsafe {
+            libc::splice(
+                pipe,
+                std::ptr::null_mut(),
+                fd,
+                std::ptr::null_mut(),
+                WRITTEN.len(),
+                0,
+            )
+        } as libc::c_long)?)
+    })
+}
+
+fn sendfile_into(src: &CString, to: libc::c_int) -> Result<(), Errno> {
+    with_open(src, libc::O_RDONLY, |from| {
+        // SAFETY: sendfile between two descriptors, from the source's current offset.
+        check(unsafe { libc::sendfile(to, from, std::ptr::null_mut(), 1 << 20) } as libc::c_long)
+            .map(drop)
+    })
+}
+
+/// Both times of [`FIXED_TIME`].
+fn fixed_times() -> [libc::timespec; 2] {
+    [libc::timespec {
+        tv_sec: FIXED_TIME,
+        tv_nsec: 0,
+    }; 2]
+}
+
+/// utimensat(2) to [`FIXED_TIME`] (`fixed`) or to now (no times, as `touch` does).
+fn utimensat(path: &CString, fixed: bool) -> Result<(), Errno> {
+    let times = fixed_times();
+    let times = if fixed {
+        times.as_ptr()
+    } else {
+        std::ptr::null()
+    };
+    // SAFETY: a valid NUL-terminated path; `times` is null or points at two timespecs.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times, 0) }.into()).map(drop)
+}
+
+/// The utimes(2) system call itself, not the C library's emulation over utimensat.
+fn utimes(path: &CString) -> Result<(), Errno> {
+    let times = [libc::timeval {
+        tv_sec: FIXED_TIME,
+        tv_usec: 0,
+    }; 2];
+    // SAFETY: a valid NUL-terminated path and two timevals.
+    check(unsafe { libc::syscall(libc::SYS_utimes, path.as_ptr(), times.as_ptr()) }).map(drop)
+}
+
+fn futimens(fd: libc::c_int) -> Result<(), Errno> {
+    let times = fixed_times();
+    // SAFETY: futimens on a descriptor number with two timespecs.
+    check(unsafe { libc::futimens(fd, times.as_ptr()) }.into()).map(drop)
 }
 
 fn mount_bind(src: &CString, dst: &CString) -> Result<(), Errno> {
@@ -550,6 +719,78 @@ fn uring_mkdir(path: &CString) -> Result<(), Errno> {
             .build(),
     )
     .map(drop)
+}
+
+fn uring_write(fd: libc::c_int) -> Result<(), Errno> {
+    let entry = opcode::Write::new(types::Fd(fd), WRITTEN.as_ptr(), WRITTEN.len() as u32).build();
+    whole(uring(entry)?.into())
+}
+
+fn uring_fallocate(fd: libc::c_int) -> Result<(), Errno> {
+    uring(opcode::Fallocate::new(types::Fd(fd), 1 << 20).build()).map(drop)
+}
+
+fn uring_splice(fd: libc::c_int) -> Result<(), Errno> {
+    with_pipe(|pipe| {
+        // -1: the current offset, as for a pipe (which has none) and splice(2)'s NULL.
+        let entry =
+            opcode::Splice::new(types::Fd(pipe), -1, types::Fd(fd), -1, WRITTEN.len() as u32)
+                .build();
+        whole(uring(entry)?.into())
+    })
+}
+
+fn uring_link(existing: &CString, new: &CString) -> Result<(), Errno> {
+    let entry = opcode::LinkAt::new(
+        types::Fd(libc::AT_FDCWD),
+        existing.as_ptr(),
+        types::Fd(libc::AT_FDCWD),
+        new.as_ptr(),
+    )
+    .build();
+    uring(entry).map(drop)
+}
+
+fn uring_symlink(target: &CString, link: &CString) -> Result<(), Errno> {
+    let entry =
+        opcode::SymlinkAt::new(types::Fd(libc::AT_FDCWD), target.as_ptr(), link.as_ptr()).build();
+    uring(entry).map(drop)
+}
+
+fn uring_exchange(a: &CString, b: &CString) -> Result<(), Errno> {
+    let entry = opcode::RenameAt::new(
+        types::Fd(libc::AT_FDCWD),
+        a.as_ptr(),
+        types::Fd(libc::AT_FDCWD),
+        b.as_ptr(),
+    )
+    .flags(libc::RENAME_EXCHANGE)
+    .build();
+    uring(entry).map(drop)
+}
+
+fn uring_setxattr(path: &CString, name: &CString, value: &CString) -> Result<(), Errno> {
+    let value = value.as_bytes();
+    let entry = opcode::SetXattr::new(
+        name.as_ptr(),
+        value.as_ptr().cast(),
+        path.as_ptr(),
+        value.len() as u32,
+    )
+    .build();
+    uring(entry).map(drop)
+}
+
+fn uring_fsetxattr(fd: libc::c_int, name: &CString, value: &CString) -> Result<(), Errno> {
+    let value = value.as_bytes();
+    let entry = opcode::FSetXattr::new(
+        types::Fd(fd),
+        name.as_ptr(),
+        value.as_ptr().cast(),
+        value.len() as u32,
+    )
+    .build();
+    uring(entry).map(drop)
 }
 
 /// The classic daemon dance: the command's process exits at once, and the operation happens

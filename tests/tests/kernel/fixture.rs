@@ -194,6 +194,14 @@ impl Fixture {
         );
     }
 
+    /// Whether `root/rel` has the extended attribute `name`.
+    pub fn has_xattr(&self, rel: &str, name: &str) -> bool {
+        let path = cpath(&self.path(rel));
+        let name = CString::new(name).expect("xattr names have no NUL bytes");
+        // SAFETY: valid NUL-terminated strings; a zero-sized query only returns the length.
+        unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+    }
+
     pub fn read(&self, rel: &str) -> Option<String> {
         fs::read_to_string(self.path(rel)).ok()
     }

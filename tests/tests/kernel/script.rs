@@ -4,9 +4,21 @@
 //! Every `run` costs seconds in the VM (program load, BTF, canary), so a test usually runs
 //! one script: each probe line prints `LABEL RESULT pid=PID ppid=PPID`, and the test looks
 //! the outcome up by label afterwards.
-use std::{collections::HashMap, path::PathBuf, process::Command};
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::{
+        fd::{AsRawFd as _, RawFd},
+        unix::process::CommandExt as _,
+    },
+    path::PathBuf,
+    process::Command,
+};
 
-use crate::fixture::{Fixture, PROBE};
+use crate::{
+    fixture::{Fixture, PROBE},
+    session::dup_into_place,
+};
 
 /// What one probe printed.
 #[derive(Debug, Clone)]
@@ -141,14 +153,25 @@ impl Fixture {
 
     /// `WRAPPER... ag-probe ARGS...` from the test process (e.g. setpriv to another user).
     pub fn outsider_via(&self, wrapper: &[&str], args: &[&str]) -> Outcome {
+        self.outsider_with(wrapper, &[], args)
+    }
+
+    /// The probe from the test process, with `file` as descriptor `number` (as a session's
+    /// command gets it from [`crate::session::Run::inherit`]).
+    pub fn outsider_inheriting(&self, fds: &[(&File, RawFd)], args: &[&str]) -> Outcome {
+        self.outsider_with(&[], fds, args)
+    }
+
+    fn outsider_with(&self, wrapper: &[&str], fds: &[(&File, RawFd)], args: &[&str]) -> Outcome {
         let mut argv: Vec<&str> = wrapper.to_vec();
         argv.push(PROBE);
         argv.extend_from_slice(args);
-        let out = Command::new(argv[0])
-            .args(&argv[1..])
-            .current_dir(&self.ws)
-            .output()
-            .unwrap_or_else(|e| panic!("run {argv:?}: {e}"));
+        let fds: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..]).current_dir(&self.ws);
+        // SAFETY: the closure only calls dup2, which is async-signal-safe.
+        unsafe { cmd.pre_exec(move || dup_into_place(&fds)) };
+        let out = cmd.output().unwrap_or_else(|e| panic!("run {argv:?}: {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let label = format!("outsider {}", args.join(" "));
         Outcome::parse(&label, &stdout).unwrap_or_else(|| {

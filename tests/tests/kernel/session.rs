@@ -142,12 +142,7 @@ impl<'f> Run<'f> {
         // SAFETY: the closure only calls async-signal-safe functions (dup2, setsid, ioctl).
         unsafe {
             cmd.pre_exec(move || {
-                for &(from, to) in &fds {
-                    // dup2 leaves the new descriptor without FD_CLOEXEC, so it survives exec.
-                    if libc::dup2(from, to) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
+                dup_into_place(&fds)?;
                 if let Some(tty) = tty {
                     if libc::setsid() < 0 || libc::ioctl(tty, libc::TIOCSCTTY, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
@@ -186,6 +181,32 @@ impl<'f> Run<'f> {
         self.lossy = true;
         self
     }
+}
+
+/// Where [`dup_into_place`] parks descriptors on their way to their numbers.
+const PARKING: RawFd = 512;
+
+/// In a child between fork and exec: makes each `(open, number)` descriptor `open` available
+/// as `number`, without FD_CLOEXEC so that it survives exec. Every descriptor is first
+/// parked above the numbers in use: dup2 straight to its number could overwrite one that is
+/// still to be moved. Only calls dup3 and dup2, so it is async-signal-safe.
+pub fn dup_into_place(fds: &[(RawFd, RawFd)]) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    for (i, &(from, _)) in fds.iter().enumerate() {
+        // SAFETY: dup3 of a descriptor this process holds; the parked copy closes at exec.
+        check(unsafe { libc::dup3(from, PARKING + i as RawFd, libc::O_CLOEXEC) })?;
+    }
+    for (i, &(_, to)) in fds.iter().enumerate() {
+        // SAFETY: as above; dup2 leaves `to` without FD_CLOEXEC.
+        check(unsafe { libc::dup2(PARKING + i as RawFd, to) })?;
+    }
+    Ok(())
 }
 
 fn drain(mut pipe: impl std::io::Read + Send + 'static) -> JoinHandle<String> {
