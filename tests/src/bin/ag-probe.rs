@@ -185,7 +185,10 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
         "punch-hole" => with_open(&a[0], libc::O_WRONLY, punch_hole),
         "punch-hole-fd" => punch_hole(fd()?),
         "mmap-write" => with_open(&a[0], libc::O_RDWR, |fd| mmap_write(fd, false)),
-        "copy-into" => with_open(&a[1], libc::O_WRONLY, |to| copy_into(&a[0], to)),
+        // The source is opened first: a refused read fails before the destination matters.
+        "copy-into" => with_open(&a[0], libc::O_RDONLY, |from| {
+            with_open(&a[1], libc::O_WRONLY, |to| copy_between(from, to))
+        }),
         "utimensat" => utimensat(&a[0], true),
         "touch" => utimensat(&a[0], false),
         "utimes" => utimes(&a[0]),
@@ -470,20 +473,23 @@ fn mmap_write(fd: libc::c_int, mprotect: bool) -> Result<(), Errno> {
 
 /// copy_file_range(2) of up to a megabyte from `src` into `to`, at the current offsets.
 fn copy_into(src: &CString, to: libc::c_int) -> Result<(), Errno> {
-    with_open(src, libc::O_RDONLY, |from| {
-        // SAFETY: copy_file_range between two descriptors, current offsets.
-        check(unsafe {
-            libc::copy_file_range(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                1 << 20,
-                0,
-            )
-        } as libc::c_long)
-        .map(drop)
-    })
+    with_open(src, libc::O_RDONLY, |from| copy_between(from, to))
+}
+
+/// copy_file_range(2) from `from` into `to`, at their current offsets.
+fn copy_between(from: libc::c_int, to: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: copy_file_range between two descriptors, current offsets.
+    check(unsafe {
+        libc::copy_file_range(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            1 << 20,
+            0,
+        )
+    } as libc::c_long)
+    .map(drop)
 }
 
 /// `Ok` when a transfer call moved all of `WRITTEN`.
