@@ -78,32 +78,28 @@ fn stronger(a: Checked, b: Checked) -> Checked {
     }
 }
 
-/// Removal of `victim` from the directory `dir`: decided on the victim itself, so that a
-/// protected file, a name pattern and the root of a writable scope all count.
+/// A name appearing in, or leaving, the directory at the `struct path` pointer `dir`,
+/// decided on the dentry itself, so that its directory's rules, its own name (a pattern),
+/// a protected file and the root of a writable scope all count. `removal` marks a name
+/// leaving (unlink, rmdir): the root of a writable scope may not. A new file in /etc/cron.d
+/// is as harmful as a deleted one.
 #[inline(always)]
-fn removal(session: u32, op: u32, dir: u64, victim: u64, allow: i32) -> i32 {
+fn name_change(session: u32, op: u32, dir: u64, dentry: u64, removal: bool, allow: i32) -> i32 {
     let Ok((mnt, _)) = path_parts(dir) else {
         return deny_at(
             session,
             op,
             RULE_UNRESOLVED,
-            Location {
-                mnt: 0,
-                dentry: victim,
-            },
+            Location { mnt: 0, dentry },
             allow,
         );
-    };
-    let at = Location {
-        mnt,
-        dentry: victim,
     };
     apply(
         session,
         op,
-        check(session, ACCESS_MODIFY, mnt, victim, true),
+        check(session, ACCESS_MODIFY, mnt, dentry, removal),
         EPERM,
-        at,
+        Location { mnt, dentry },
         allow,
     )
 }
@@ -115,11 +111,12 @@ pub fn path_unlink(ctx: LsmContext) -> i32 {
         Ok(entered) => entered,
         Err(verdict) => return verdict,
     };
-    removal(
+    name_change(
         session,
         OP_UNLINK,
         ctx.arg::<*const u8>(0) as u64,
         ctx.arg::<*const u8>(1) as u64,
+        true,
         allow,
     )
 }
@@ -131,11 +128,12 @@ pub fn path_rmdir(ctx: LsmContext) -> i32 {
         Ok(entered) => entered,
         Err(verdict) => return verdict,
     };
-    removal(
+    name_change(
         session,
         OP_RMDIR,
         ctx.arg::<*const u8>(0) as u64,
         ctx.arg::<*const u8>(1) as u64,
+        true,
         allow,
     )
 }
@@ -880,23 +878,6 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
     }
 }
 
-/// Creation of `dentry` in the directory at the `struct path` pointer `dir`, decided on the
-/// new (still negative) dentry, so that its directory's rules and its own name count. A new
-/// file in /etc/cron.d is as harmful as a deleted one.
-#[inline(always)]
-fn creation(session: u32, op: u32, dir: u64, dentry: u64, allow: i32) -> i32 {
-    let Ok((mnt, _)) = path_parts(dir) else {
-        return deny_at(
-            session,
-            op,
-            RULE_UNRESOLVED,
-            Location { mnt: 0, dentry },
-            allow,
-        );
-    };
-    modification(session, op, mnt, dentry, allow)
-}
-
 /// `path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int
 /// dev)`: open(O_CREAT) of a new file, mknod, mkfifo, and binding a unix socket.
 #[lsm(hook = "path_mknod")]
@@ -905,11 +886,12 @@ pub fn path_mknod(ctx: LsmContext) -> i32 {
         Ok(entered) => entered,
         Err(verdict) => return verdict,
     };
-    creation(
+    name_change(
         session,
         OP_CREATE,
         ctx.arg::<*const u8>(0) as u64,
         ctx.arg::<*const u8>(1) as u64,
+        false,
         allow,
     )
 }
@@ -921,11 +903,12 @@ pub fn path_mkdir(ctx: LsmContext) -> i32 {
         Ok(entered) => entered,
         Err(verdict) => return verdict,
     };
-    creation(
+    name_change(
         session,
         OP_MKDIR,
         ctx.arg::<*const u8>(0) as u64,
         ctx.arg::<*const u8>(1) as u64,
+        false,
         allow,
     )
 }
@@ -937,11 +920,12 @@ pub fn path_symlink(ctx: LsmContext) -> i32 {
         Ok(entered) => entered,
         Err(verdict) => return verdict,
     };
-    creation(
+    name_change(
         session,
         OP_SYMLINK,
         ctx.arg::<*const u8>(0) as u64,
         ctx.arg::<*const u8>(1) as u64,
+        false,
         allow,
     )
 }
