@@ -10,17 +10,18 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-/// Debian packages: LLVM 22 for bpf-linker, qemu and busybox for the VMs, and the two test
-/// kernels (`linux-image-amd64` is the newest 6.1).
+/// Debian packages: qemu and busybox for the VMs, the two test kernels
+/// (`linux-image-amd64` is the newest 6.1), and for the network tests `ip` (network
+/// namespaces, veth pairs) and dnsmasq (`dnsmasq-base`: the binary without a system
+/// service), which the VMs run from the host's root filesystem. bpf-linker needs no LLVM
+/// package: it links against the nightly toolchain's own (see [`rustc_llvm`]).
 const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
     "qemu-system-x86",
     "busybox-static",
     "linux-image-amd64",
     "linux-image-6.12-amd64",
+    "iproute2",
+    "dnsmasq-base",
 ];
 
 /// Where virtme-ng lives: outside the checkout, so fresh clones share it.
@@ -64,6 +65,84 @@ fn missing_packages() -> Vec<&'static str> {
                 .is_none_or(|status| !status.contains("install ok installed"))
         })
         .collect()
+}
+
+/// bpf-linker versions whose `llvm-NN` features cover the nightly LLVMs seen here (21 to
+/// 23).
+const BPF_LINKER_VERSION: &str = "~0.13";
+
+/// The LLVM inside the nightly toolchain, which compiles the BPF crate to bitcode.
+/// bpf-linker must read that bitcode with the same LLVM: a Debian LLVM of another version
+/// fails with "Invalid record" once nightly moves on, so bpf-linker is linked against the
+/// toolchain's own `libLLVM` and rebuilt whenever the toolchain changes.
+pub struct RustcLlvm {
+    /// `lib/libLLVM.so.*` of the nightly sysroot.
+    library: PathBuf,
+    major: u32,
+    /// `rustc -vV` of the nightly: what bpf-linker was last built for.
+    identity: String,
+}
+
+impl RustcLlvm {
+    /// A prefix with `lib/libLLVM.so` (what bpf-linker's build links with `-lLLVM`) and
+    /// the library under its own soname (what the binary's rpath finds at run time).
+    fn link_prefix(&self) -> anyhow::Result<()> {
+        let lib = llvm_prefix().join("lib");
+        std::fs::create_dir_all(&lib)?;
+        let soname = self
+            .library
+            .file_name()
+            .context("the LLVM library has no file name")?;
+        for name in [std::ffi::OsStr::new("libLLVM.so"), soname] {
+            let link = lib.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&self.library, &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn llvm_prefix() -> PathBuf {
+    venv_dir().with_file_name("rustc-llvm")
+}
+
+fn llvm_stamp() -> PathBuf {
+    llvm_prefix().join("bpf-linker-built-for")
+}
+
+pub fn rustc_llvm() -> anyhow::Result<RustcLlvm> {
+    let identity = output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))
+        .context("no nightly toolchain (rustup toolchain install nightly --component rust-src)")?;
+    let major = identity
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next()?.trim().parse().ok())
+        .context("`rustc -vV` of the nightly names no LLVM version")?;
+    let sysroot =
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+            .context("cannot find the nightly sysroot")?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let library = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    Ok(RustcLlvm {
+        library,
+        major,
+        identity,
+    })
+}
+
+/// Whether the installed bpf-linker runs and was built for this nightly's LLVM.
+fn bpf_linker_matches(llvm: &RustcLlvm) -> bool {
+    succeeds(Command::new("bpf-linker").arg("--version"))
+        && std::fs::read_to_string(llvm_stamp()).is_ok_and(|built| built == llvm.identity)
 }
 
 /// The newest kernel image in /boot whose version starts with `series` followed by a dot
@@ -153,28 +232,38 @@ pub fn setup(verbosity: Verbosity) -> anyhow::Result<usize> {
         }
     }
 
-    if !succeeds(Command::new("bpf-linker").arg("--version")) {
-        if Path::new("/usr/lib/llvm-22/bin/llvm-config").exists()
-            && succeeds(Command::new("cargo").arg("--version"))
-        {
-            eprintln!("setup: building bpf-linker against LLVM 22 (about a minute)");
+    match rustc_llvm() {
+        Ok(llvm) if bpf_linker_matches(&llvm) => {}
+        Ok(llvm) if succeeds(Command::new("cargo").arg("--version")) => {
+            eprintln!(
+                "setup: building bpf-linker against the nightly toolchain's LLVM {} (about a minute)",
+                llvm.major
+            );
+            llvm.link_prefix()?;
             run(
                 Command::new("cargo")
                     .args([
                         "install",
                         "bpf-linker",
+                        "--version",
+                        BPF_LINKER_VERSION,
+                        "--force",
                         "--no-default-features",
                         "--features",
-                        "llvm-22",
+                        &format!("llvm-{}", llvm.major),
                     ])
-                    .env("LLVM_PREFIX", "/usr/lib/llvm-22")
-                    .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
+                    .env("LLVM_PREFIX", llvm_prefix()),
                 "cargo install bpf-linker",
             )?;
+            std::fs::write(llvm_stamp(), &llvm.identity)?;
             installed += 1;
-        } else {
-            manual.push("bpf-linker: LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22".into());
         }
+        Ok(llvm) => manual.push(format!(
+            "bpf-linker: LLVM_PREFIX={} cargo install bpf-linker --no-default-features --features llvm-{}",
+            llvm_prefix().display(),
+            llvm.major
+        )),
+        Err(e) => manual.push(format!("bpf-linker: {e:#}")),
     }
 
     if !succeeds(Command::new(vng()).arg("--version"))
