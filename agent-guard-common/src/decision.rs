@@ -13,7 +13,10 @@ use core::mem::size_of;
 /// What a check is about.
 pub const ACCESS_MODIFY: u32 = 0;
 pub const ACCESS_READ: u32 = 1;
-pub const ACCESS_KINDS: usize = 2;
+/// Connecting or sending to a unix socket bound at a path: the walk starts at the socket
+/// file.
+pub const ACCESS_CONNECT: u32 = 2;
+pub const ACCESS_KINDS: usize = 3;
 
 /// Actions, ordered by strength: at the same level the stronger one wins.
 pub const ACTION_NONE: u16 = 0;
@@ -44,7 +47,6 @@ pub struct RuleEntry {
     pub access: [RuleRef; ACCESS_KINDS],
     /// Bit `i`: this object is the tree of the session's name pattern `i`.
     pub pattern_trees: u32,
-    pub _pad: u32,
 }
 const _: () = assert!(size_of::<RuleEntry>() == 16);
 
@@ -224,12 +226,13 @@ impl Walk {
     /// and whose name matched below: the caller offers each with [`Walk::confirm`].
     #[inline(always)]
     pub fn entry(&mut self, entry: &RuleEntry) -> u32 {
-        let access = if self.access == ACCESS_READ {
-            ACCESS_READ
-        } else {
-            ACCESS_MODIFY
+        // A match rather than an index: the verifier cannot bound `access % 3`.
+        let verdict = match self.access {
+            ACCESS_READ => entry.access[ACCESS_READ as usize],
+            ACCESS_CONNECT => entry.access[ACCESS_CONNECT as usize],
+            _ => entry.access[ACCESS_MODIFY as usize],
         };
-        self.offer(self.level, entry.access[access as usize], false);
+        self.offer(self.level, verdict, false);
         self.trees |= entry.pattern_trees;
         let confirmed = self.pending & entry.pattern_trees;
         self.pending &= !confirmed;
@@ -276,7 +279,7 @@ impl Walk {
 ///
 /// `finished` is false when the walk ran out of levels; `removal` marks checks of an object
 /// about to lose its name, for which the root of a writable path rule itself is refused.
-/// Without a rule, modifying is refused and reading allowed.
+/// Without a rule, modifying is refused; reading and connecting to a unix socket are allowed.
 #[inline(always)]
 pub fn conclude(walk: &Walk, finished: bool, removal: bool) -> (u16, u32) {
     let best = walk.best;
@@ -284,10 +287,10 @@ pub fn conclude(walk: &Walk, finished: bool, removal: bool) -> (u16, u32) {
         return (ACTION_DENY, crate::RULE_PATH_TOO_DEEP);
     }
     if best.action == ACTION_NONE {
-        return if walk.access == ACCESS_READ {
-            (ACTION_ALLOW, 0)
-        } else {
+        return if walk.access == ACCESS_MODIFY {
             (ACTION_DENY, crate::RULE_OUTSIDE_SCOPE)
+        } else {
+            (ACTION_ALLOW, 0)
         };
     }
     if removal && best.level == 0 && best.by_pattern == 0 && best.action == ACTION_ALLOW {
@@ -338,11 +341,19 @@ mod tests {
     fn nearest_wins_then_strongest() {
         let mut walk = Walk::new(ACCESS_MODIFY);
         let allow = RuleEntry {
-            access: [verdict(ACTION_ALLOW, 0), RuleRef::default()],
+            access: [
+                verdict(ACTION_ALLOW, 0),
+                RuleRef::default(),
+                RuleRef::default(),
+            ],
             ..RuleEntry::default()
         };
         let deny = RuleEntry {
-            access: [verdict(ACTION_DENY, 1), RuleRef::default()],
+            access: [
+                verdict(ACTION_DENY, 1),
+                RuleRef::default(),
+                RuleRef::default(),
+            ],
             ..RuleEntry::default()
         };
         walk.up();
@@ -360,9 +371,12 @@ mod tests {
     fn a_pattern_decides_at_its_name_once_its_tree_is_passed() {
         let pattern = NamePattern::new(b"", b".sqlite", true, ACCESS_MODIFY, verdict(3, 7));
         let tree = RuleEntry {
-            access: [verdict(ACTION_ALLOW, 0), RuleRef::default()],
+            access: [
+                verdict(ACTION_ALLOW, 0),
+                RuleRef::default(),
+                RuleRef::default(),
+            ],
             pattern_trees: 1,
-            _pad: 0,
         };
         let mut walk = Walk::new(ACCESS_MODIFY);
         walk.name_matched(0, &pattern);
@@ -382,7 +396,11 @@ mod tests {
         walk.name_matched(0, &pattern);
         walk.up();
         walk.entry(&RuleEntry {
-            access: [verdict(ACTION_ALLOW, 0), RuleRef::default()],
+            access: [
+                verdict(ACTION_ALLOW, 0),
+                RuleRef::default(),
+                RuleRef::default(),
+            ],
             ..RuleEntry::default()
         });
         assert_eq!(walk.best.action, ACTION_ALLOW);

@@ -9,7 +9,9 @@
 use core::mem::size_of;
 
 mod decision;
+mod network;
 pub use decision::*;
+pub use network::*;
 
 /// Longest path the kernel side renders into an event.
 pub const PATH_BUF_LEN: usize = 4096;
@@ -87,6 +89,14 @@ pub const OP_UMOUNT: u32 = 23;
 pub const OP_PIVOT_ROOT: u32 = 24;
 /// Opening a read-denied object for reading (or executing it, or listing it).
 pub const OP_READ: u32 = 25;
+/// connect(2) to an IP address or a unix socket (stream, seqpacket, or datagram).
+pub const OP_CONNECT: u32 = 26;
+/// sendto(2)/sendmsg(2) with a destination address, or a unix datagram send.
+pub const OP_SEND: u32 = 27;
+pub const OP_BIND: u32 = 28;
+pub const OP_LISTEN: u32 = 29;
+/// Creating a raw or packet socket.
+pub const OP_SOCKET: u32 = 30;
 
 // Decisions (Event::decision).
 /// The operation was refused with `Event::errno`.
@@ -117,6 +127,17 @@ pub const RULE_MOUNT: u32 = 7;
 pub const RULE_OUTSIDE_SESSION: u32 = 8;
 /// Sessions may not use bpf(2): it could detach or rewrite the guard's programs.
 pub const RULE_NO_BPF: u32 = 9;
+/// No network rule names the destination and the policy's `egress` default is deny.
+pub const RULE_EGRESS_DEFAULT: u32 = 10;
+/// The destination is loopback, the unspecified address or an address of this host, and no
+/// rule names it: local services are reachable only where the policy says so.
+pub const RULE_LOCAL_DESTINATION: u32 = 11;
+/// Binding or listening on an address other than loopback without a listen rule.
+pub const RULE_LISTEN: u32 = 12;
+/// Raw IP and packet sockets can forge or sniff any traffic; sessions get none.
+pub const RULE_RAW_SOCKET: u32 = 13;
+/// An abstract unix socket no rule names.
+pub const RULE_ABSTRACT_UNIX: u32 = 14;
 /// Rule codes from here up name a rule of the session's policy: `rule - RULE_POLICY_BASE`
 /// is its index in the policy's rule list. Codes below are the built-in reasons above.
 pub const RULE_POLICY_BASE: u32 = 0x100;
@@ -133,6 +154,11 @@ pub const MODE_AUDIT: u32 = 2;
 /// A path slot was cut short at [`PATH_BUF_LEN`] or [`MAX_PATH_DEPTH`]; the bit is
 /// `1 << slot`.
 pub const FLAG_PATH_TRUNCATED: u32 = 1;
+/// Path slot [`PATH_TARGET`] holds an abstract unix socket name as raw bytes, not path
+/// components.
+pub const FLAG_ABSTRACT_NAME: u32 = 1 << 4;
+/// The event's network fields (`EventHeader::family` and on) are filled.
+pub const FLAG_NETWORK: u32 = 1 << 5;
 
 /// Named errno values returned by the hooks (as negative values).
 pub const EPERM: i32 = 1;
@@ -173,9 +199,19 @@ pub struct EventHeader {
     pub ktime_ns: u64,
     pub comm: [u8; 16],
     pub path_len: [u16; EVENT_PATHS],
+    /// Network operations: `AF_*` of the socket (0 otherwise).
+    pub family: u16,
+    /// `IPPROTO_*` of an IP socket.
+    pub protocol: u16,
+    /// `SOCK_*` of the socket.
+    pub socket_type: u16,
+    /// Destination or bound port, host byte order.
+    pub port: u16,
     pub _pad: u16,
+    /// Destination or bound address, IPv6 form (IPv4 addresses IPv4-mapped).
+    pub addr: [u8; 16],
 }
-const _: () = assert!(size_of::<EventHeader>() == 88);
+const _: () = assert!(size_of::<EventHeader>() == 112);
 
 /// One decision as it is assembled; the ring buffer carries the header and the used part
 /// of `data` only.
@@ -185,7 +221,7 @@ pub struct Event {
     pub header: EventHeader,
     pub data: [u8; EVENT_DATA_LEN],
 }
-const _: () = assert!(size_of::<Event>() == 88 + EVENT_DATA_LEN);
+const _: () = assert!(size_of::<Event>() == 112 + EVENT_DATA_LEN);
 
 /// Key of the rule table: a file or directory of one session's policy, identified by the
 /// kernel's own identity of the inode, never by its name.
@@ -208,7 +244,9 @@ pub struct SessionConfig {
     pub patterns: u32,
     /// Non-zero when some rule speaks for reading; otherwise reads are not looked at.
     pub reads: u32,
-    pub _pad: u32,
+    /// Non-zero when destinations no network rule names are allowed (`egress = "allow"`);
+    /// zero, as in a session without settings, refuses them.
+    pub egress_allow: u32,
 }
 const _: () = assert!(size_of::<SessionConfig>() == 16);
 
@@ -253,15 +291,34 @@ pub struct KernelOffsets {
     /// Offset of `user_path` from the `file` inside `struct backing_file` (Linux 6.8 and
     /// later, where a backing file's `f_path` is the real one); 0 on kernels without it.
     pub backing_file_user_path: u32,
-    pub _pad: u32,
+    pub socket_sk: u32,
+    pub socket_type: u32,
+    pub sock_sk_protocol: u32,
+    pub sock_skc_family: u32,
+    pub sock_skc_rcv_saddr: u32,
+    pub sock_skc_v6_rcv_saddr: u32,
+    pub sock_skc_num: u32,
+    pub unix_sock_addr: u32,
+    pub unix_sock_path: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
+    pub msghdr_msg_name: u32,
+    pub msghdr_msg_namelen: u32,
+    pub sock_sk_type: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 34 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 47 * 4);
 
 /// ioctl(2) request with which user space asks the kernel side for the identity (device,
 /// inode) the hooks will see for an open file. `stat` can disagree: on overlayfs a regular
 /// file reports its layer's device. The request is otherwise unknown, so the ioctl itself
 /// fails after the hook has answered.
 pub const IDENTIFY_IOCTL: u32 = 0x4147_4944;
+
+/// Extended attribute whose lookup (lgetxattr(2)) asks the same question about a file that
+/// cannot be opened, such as a unix socket. It is in the `trusted.` namespace, the one the
+/// kernel passes to the LSM hook for any file type when the caller has CAP_SYS_ADMIN; no
+/// file has it, so the lookup fails with ENODATA after the hook has answered.
+pub const IDENTIFY_XATTR: &[u8; 29] = b"trusted.agent-guard.identify\0";
 
 /// Statistics slots in the per-CPU `STATS` array.
 pub const STAT_LOST_EVENTS: u32 = 0;
@@ -278,4 +335,8 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::RuleEntry {}
     unsafe impl aya::Pod for super::PatternSet {}
+    unsafe impl aya::Pod for super::NetKey {}
+    unsafe impl aya::Pod for super::NetRules {}
+    unsafe impl aya::Pod for super::AbstractKey {}
+    unsafe impl aya::Pod for super::NetVerdict {}
 }

@@ -178,6 +178,7 @@ fn try_path_rename(ctx: &LsmContext, session: u32) -> Result<(), (Checked, Findi
                 }),
                 target_pid: 0,
                 detail: 0,
+                net: None,
             },
         )
     };
@@ -682,6 +683,7 @@ fn refuse_mount(
         target2,
         target_pid: 0,
         detail: 0,
+        net: None,
     };
     decide(session, &finding, allow)
 }

@@ -39,6 +39,7 @@ fn refuse(session: u32, op: u32, rule: u32, task: u64, detail: u32, allow: i32) 
         target2: None,
         target_pid,
         detail,
+        net: None,
     };
     decide(session, &finding, allow)
 }

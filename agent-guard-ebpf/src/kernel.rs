@@ -47,7 +47,20 @@ pub(crate) static AG_OFFSETS: KernelOffsets = KernelOffsets {
     vma_vm_flags: 0,
     vma_vm_file: 0,
     backing_file_user_path: 0,
-    _pad: 0,
+    socket_sk: 0,
+    socket_type: 0,
+    sock_sk_protocol: 0,
+    sock_skc_family: 0,
+    sock_skc_rcv_saddr: 0,
+    sock_skc_v6_rcv_saddr: 0,
+    sock_skc_num: 0,
+    unix_sock_addr: 0,
+    unix_sock_path: 0,
+    unix_address_len: 0,
+    unix_address_name: 0,
+    msghdr_msg_name: 0,
+    msghdr_msg_namelen: 0,
+    sock_sk_type: 0,
 };
 
 /// The offset of one kernel field, as user space set it.

@@ -9,6 +9,9 @@
 //! the process passed, and report every decision through the `EVENTS` ring buffer
 //! (`report` module). Enforcement never waits for user space.
 //!
+//! The socket hooks (`network` module) decide on the address the kernel copied in (never
+//! the caller's memory) and, for unix sockets, on the peer socket the kernel found.
+//!
 //! Built for the host (as in `cargo test --workspace`), the crate is an empty program: the
 //! programs only exist for the BPF target.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -24,6 +27,8 @@ mod identify;
 mod kernel;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod network;
 #[cfg(target_arch = "bpf")]
 mod report;
 #[cfg(target_arch = "bpf")]

@@ -1,13 +1,14 @@
 //! Every map the programs share with user space. User space fills the configuration maps
 //! before a session's first command runs and reads `EVENTS` and `STATS`.
 use agent_guard_common::{
-    Event, PatternSet, RuleEntry, ScopeKey, SessionConfig, EVENT_RING_BYTES, MAX_AUDITED_FILES,
-    MAX_DEVICE_ENTRIES, MAX_PENDING_ENROLMENTS, MAX_RULE_ENTRIES, MAX_SESSIONS, MAX_SESSION_TASKS,
+    AbstractKey, Event, NetKey, NetRules, NetVerdict, PatternSet, RuleEntry, ScopeKey,
+    SessionConfig, EVENT_RING_BYTES, MAX_ABSTRACT_ENTRIES, MAX_AUDITED_FILES, MAX_DEVICE_ENTRIES,
+    MAX_NET_ENTRIES, MAX_PENDING_ENROLMENTS, MAX_RULE_ENTRIES, MAX_SESSIONS, MAX_SESSION_TASKS,
     STAT_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Live tasks of all guarded sessions: `task_struct` address to session id. Filled by the
@@ -78,3 +79,25 @@ pub static RENDER: PerCpuArray<crate::scope::RenderState> = PerCpuArray::with_ma
 /// asked about. Only processes outside every session are answered.
 #[map]
 pub static IDENTITY: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(64, 0);
+
+/// Destinations of each session's connect and send rules: session and address prefix to the
+/// ordered port rules that decide there (see `agent_guard_common::NetRules`). Loopback and
+/// the host's own addresses are in it too, refused unless a rule names them; an address
+/// with no entry gets the session's `egress` default.
+#[map]
+pub static NET_CONNECT: LpmTrie<NetKey, NetRules> = LpmTrie::with_max_entries(MAX_NET_ENTRIES, 0);
+
+/// Addresses each session may bind and listen on beyond loopback, keyed like `NET_CONNECT`.
+#[map]
+pub static NET_LISTEN: LpmTrie<NetKey, NetRules> = LpmTrie::with_max_entries(MAX_NET_ENTRIES, 0);
+
+/// Abstract unix socket names a session's policy names, with what it says about them. A
+/// name missing here is refused.
+#[map]
+pub static ABSTRACT: HashMap<AbstractKey, NetVerdict> =
+    HashMap::with_max_entries(MAX_ABSTRACT_ENTRIES, 0);
+
+/// Where the key of an abstract name is assembled: larger than is comfortable on the stack,
+/// and it must be zeroed past the name.
+#[map]
+pub static ABSTRACT_SCRATCH: PerCpuArray<AbstractKey> = PerCpuArray::with_max_entries(1, 0);

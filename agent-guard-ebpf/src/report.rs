@@ -3,11 +3,12 @@ use core::mem::size_of;
 
 use agent_guard_common::{
     EventHeader, DECISION_AUDIT, DECISION_DENY, EPERM, EVENT_DATA_LEN, EVENT_DECISION,
-    FLAG_PATH_TRUNCATED, MODE_AUDIT, PATH_EXE, PATH_TARGET, PATH_TARGET2, STAT_AUDITED,
-    STAT_DENIED, STAT_LOST_EVENTS,
+    FLAG_ABSTRACT_NAME, FLAG_NETWORK, FLAG_PATH_TRUNCATED, MODE_AUDIT, PATH_EXE, PATH_TARGET,
+    PATH_TARGET2, STAT_AUDITED, STAT_DENIED, STAT_LOST_EVENTS,
 };
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    generated::bpf_probe_read_kernel,
 };
 
 use agent_guard_common::{ACTION_ALLOW, ACTION_AUDIT};
@@ -15,6 +16,7 @@ use agent_guard_common::{ACTION_ALLOW, ACTION_AUDIT};
 use crate::{
     kernel::{current_task, file_path, off, path_parts, read_u32, read_u64},
     maps::{EVENTS, SCRATCH, STATS},
+    network::bounded_name_len,
     scope::{render, session_config, Checked},
 };
 
@@ -35,6 +37,23 @@ pub struct Finding {
     /// Process the operation was aimed at (tgid), and its detail (signal, mode, command).
     pub target_pid: u32,
     pub detail: u32,
+    /// The socket and destination of a network operation.
+    pub net: Option<NetTarget>,
+}
+
+/// What a network event reports besides the process: the socket and the address.
+#[derive(Clone, Copy, Default)]
+pub struct NetTarget {
+    pub family: u16,
+    pub protocol: u16,
+    pub socket_type: u16,
+    pub port: u16,
+    /// IPv6 form; IPv4 addresses IPv4-mapped.
+    pub addr: [u8; 16],
+    /// Kernel address and length of an abstract unix socket name (without its leading
+    /// NUL); 0 when there is none.
+    pub abstract_name: u64,
+    pub abstract_len: u32,
 }
 
 /// Reports `finding` and returns the hook's verdict: `-errno` in enforce mode, `allow` (the
@@ -119,6 +138,7 @@ impl Finding {
             target2: None,
             target_pid: 0,
             detail: 0,
+            net: None,
         }
     }
 }
@@ -162,12 +182,38 @@ fn emit(session: u32, finding: &Finding, decision: u32, errno: u32) {
         h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
         h.target_pid = finding.target_pid;
         h.detail = finding.detail;
+        let net = finding.net.unwrap_or_default();
+        h.family = net.family;
+        h.protocol = net.protocol;
+        h.socket_type = net.socket_type;
+        h.port = net.port;
+        h.addr = net.addr;
         h._pad = 0;
     }
     // Paths follow one another in the data; each starts where the previous one ended.
     let mut lens = [0u16; 3];
     let mut flags = 0u32;
     let mut used = 0usize;
+    if let Some(net) = finding.net {
+        flags |= FLAG_NETWORK;
+        let len = bounded_name_len(net.abstract_len) as usize;
+        if len != 0 {
+            // SAFETY: nothing is in the data yet, so the name (at most 107 bytes) lands at
+            // its start; the helper reads kernel memory safely.
+            let copied = unsafe {
+                bpf_probe_read_kernel(
+                    (*event).data.as_mut_ptr().cast(),
+                    len as u32,
+                    net.abstract_name as *const _,
+                )
+            };
+            if copied == 0 {
+                lens[PATH_TARGET] = len as u16;
+                used += len;
+                flags |= FLAG_ABSTRACT_NAME;
+            }
+        }
+    }
     let mut add = |slot: usize, at: Location| {
         let (len, cut) = render(used, at.mnt, at.dentry);
         lens[slot] = len;

@@ -52,7 +52,7 @@ pub fn session_config(session: u32) -> SessionConfig {
             mode: 0,
             patterns: 0,
             reads: 0,
-            _pad: 0,
+            egress_allow: 0,
         },
     }
 }

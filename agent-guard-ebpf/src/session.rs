@@ -59,6 +59,7 @@ pub fn task_alloc(ctx: LsmContext) -> i32 {
         target2: None,
         target_pid: 0,
         detail: 0,
+        net: None,
     };
     decide(session, &finding, allow)
 }
@@ -94,6 +95,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
             target2: None,
             target_pid: 0,
             detail: 0,
+            net: None,
         };
         // Refuse the exec whatever the mode: the command must not run unguarded.
         let _ = decide(session, &finding, allow);

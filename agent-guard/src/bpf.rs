@@ -5,19 +5,29 @@
 use std::collections::BTreeSet;
 
 use agent_guard_common::{
-    PatternSet, RuleEntry, ScopeKey, SessionConfig, MODE_AUDIT, MODE_ENFORCE, STAT_AUDITED,
-    STAT_DENIED, STAT_LOST_EVENTS,
+    AbstractKey, NetKey, NetRules, NetVerdict, PatternSet, RuleEntry, ScopeKey, SessionConfig,
+    MODE_AUDIT, MODE_ENFORCE, NET_SESSION_BITS, STAT_AUDITED, STAT_DENIED, STAT_LOST_EVENTS,
 };
 use aya::{
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap, MapData, MapError, PerCpuArray, RingBuf,
+    },
     programs::{Lsm, ProgramError},
     Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
 };
 
 use crate::{
     kernel_btf::{self, KernelBtf},
-    policy::{compile::compile, Mode, ResolvedPolicy},
+    policy::{
+        compile::compile,
+        net_compile::{compile_network, NetLimitError, NetTables, Prefix},
+        Mode, ResolvedPolicy,
+    },
 };
+
+/// The address tables, by map name.
+const NET_TABLES: [&str; 2] = ["NET_CONNECT", "NET_LISTEN"];
 
 /// The BPF object built by build.rs from `agent-guard-ebpf`.
 static BPF_OBJECT: &[u8] =
@@ -144,6 +154,41 @@ const HOOKS: &[Hook] = &[
         program: "inode_setattr",
         required: true,
     },
+    // Answers identity requests for files that cannot be opened (unix sockets).
+    Hook {
+        program: "inode_getxattr",
+        required: true,
+    },
+    // The network: raw and packet sockets, IP destinations and local addresses, unix
+    // peers.
+    Hook {
+        program: "socket_create",
+        required: true,
+    },
+    Hook {
+        program: "socket_connect",
+        required: true,
+    },
+    Hook {
+        program: "socket_sendmsg",
+        required: true,
+    },
+    Hook {
+        program: "socket_bind",
+        required: true,
+    },
+    Hook {
+        program: "socket_listen",
+        required: true,
+    },
+    Hook {
+        program: "unix_stream_connect",
+        required: true,
+    },
+    Hook {
+        program: "unix_may_send",
+        required: true,
+    },
     // Self-protection: no signals or ptrace outside the session, no bpf(2).
     Hook {
         program: "task_kill",
@@ -207,6 +252,8 @@ pub enum IdentifyError {
 pub enum SessionMapError {
     #[error("opening the session maps")]
     Open(#[from] LoadError),
+    #[error("compiling the session's network rules")]
+    Network(#[from] NetLimitError),
     #[error("writing the `{map}` map for session {session:08x}")]
     Write {
         map: &'static str,
@@ -280,26 +327,57 @@ impl Guard {
     /// The (device, inode) the hooks see for `path`, asked of the kernel side itself. `stat`
     /// is not enough: on overlayfs a regular file reports its layer's device, not the
     /// overlay's, so a key built from it would never match.
+    ///
+    /// The question is an ioctl on the open file; a unix socket cannot be opened, so for
+    /// one it is a lookup of the extended attribute `IDENTIFY_XATTR` instead.
     pub fn identify(&mut self, path: &std::path::Path) -> Result<(u32, u64), IdentifyError> {
-        use std::os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _};
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            // Never block on a fifo, never take a terminal as controlling tty.
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-            .map_err(|source| IdentifyError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-        // SAFETY: an ioctl on a valid fd; the request is unknown to every driver, so it
-        // fails after the LSM hook has recorded the answer.
-        unsafe {
-            libc::ioctl(
-                file.as_raw_fd(),
-                agent_guard_common::IDENTIFY_IOCTL as libc::c_ulong,
-                0,
-            )
+        use std::os::{
+            fd::AsRawFd as _,
+            unix::{ffi::OsStrExt as _, fs::FileTypeExt as _, fs::OpenOptionsExt as _},
         };
+        let open_error = |source| IdentifyError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        // A stale answer would be taken for this one (the kernel side keeps the first).
+        if let Ok(mut answers) = self.hash_map::<u32, [u64; 2]>("IDENTITY") {
+            let _ = answers.remove(&std::process::id());
+        }
+        let is_socket = std::fs::metadata(path)
+            .map_err(open_error)?
+            .file_type()
+            .is_socket();
+        if is_socket {
+            let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| {
+                open_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?;
+            // SAFETY: valid NUL-terminated strings; a zero-sized query only returns the
+            // length (and here fails with ENODATA after the hook has answered).
+            unsafe {
+                libc::getxattr(
+                    c_path.as_ptr(),
+                    agent_guard_common::IDENTIFY_XATTR.as_ptr().cast(),
+                    std::ptr::null_mut(),
+                    0,
+                )
+            };
+        } else {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                // Never block on a fifo, never take a terminal as controlling tty.
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(path)
+                .map_err(open_error)?;
+            // SAFETY: an ioctl on a valid fd; the request is unknown to every driver, so it
+            // fails after the LSM hook has recorded the answer.
+            unsafe {
+                libc::ioctl(
+                    file.as_raw_fd(),
+                    agent_guard_common::IDENTIFY_IOCTL as libc::c_ulong,
+                    0,
+                )
+            };
+        }
         let tgid = std::process::id();
         let no_answer = || IdentifyError::NoAnswer {
             path: path.display().to_string(),
@@ -364,6 +442,8 @@ impl Guard {
                     .map_err(write("DEVICES"))?;
             }
         }
+        let network = compile_network(policy)?;
+        self.update_network(session, &NetTables::default(), &network)?;
         let mut sessions: HashMap<_, u32, SessionConfig> = self.hash_map("SESSIONS")?;
         sessions
             .insert(
@@ -372,12 +452,102 @@ impl Guard {
                     mode,
                     patterns: compiled.patterns.len() as u32,
                     reads: compiled.reads as u32,
-                    _pad: 0,
+                    egress_allow: policy.network.egress_allow as u32,
                 },
                 0,
             )
             .map_err(write("SESSIONS"))?;
         Ok(())
+    }
+
+    fn lpm_trie(
+        &mut self,
+        name: &'static str,
+    ) -> Result<LpmTrie<&mut MapData, NetKey, NetRules>, LoadError> {
+        let map = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+        LpmTrie::try_from(map).map_err(|source| LoadError::Map { map: name, source })
+    }
+
+    /// Replaces a session's network tables `old` with `new` (both compiled from its
+    /// policy, before and after its hostnames were looked up again). Entries of `new` go in
+    /// first and only then do those `new` lacks leave, so an address in both is never
+    /// missing in between.
+    pub fn update_network(
+        &mut self,
+        session: u32,
+        old: &NetTables,
+        new: &NetTables,
+    ) -> Result<(), SessionMapError> {
+        let write = |map: &'static str| {
+            move |source| SessionMapError::Write {
+                map,
+                session,
+                source,
+            }
+        };
+        let key = |&(addr, bits): &Prefix| {
+            Key::new(
+                NET_SESSION_BITS + u32::from(bits),
+                NetKey::new(session, addr),
+            )
+        };
+        for (name, before, after) in [
+            (NET_TABLES[0], &old.connect, &new.connect),
+            (NET_TABLES[1], &old.listen, &new.listen),
+        ] {
+            let mut table = self.lpm_trie(name)?;
+            for (prefix, rules) in after {
+                if before.get(prefix) != Some(rules) {
+                    table.insert(&key(prefix), rules, 0).map_err(write(name))?;
+                }
+            }
+            for prefix in before.keys().filter(|p| !after.contains_key(p)) {
+                let _ = table.remove(&key(prefix));
+            }
+        }
+        let mut names: HashMap<_, AbstractKey, NetVerdict> = self.hash_map("ABSTRACT")?;
+        let abstract_key = |name: &[u8]| AbstractKey::new(session, name);
+        for (name, verdict) in &new.abstract_names {
+            if let Some(k) = abstract_key(name) {
+                names.insert(k, *verdict, 0).map_err(write("ABSTRACT"))?;
+            }
+        }
+        for name in old.abstract_names.keys() {
+            if !new.abstract_names.contains_key(name) {
+                if let Some(k) = abstract_key(name) {
+                    let _ = names.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every network entry of `session`, whatever policy put it there.
+    fn remove_network(&mut self, session: u32) {
+        let mine = NetKey::new(session, [0; 16]).session;
+        for name in NET_TABLES {
+            let Ok(mut table) = self.lpm_trie(name) else {
+                continue;
+            };
+            let keys: Vec<Key<NetKey>> = table
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data().session == mine)
+                .collect();
+            for k in keys {
+                let _ = table.remove(&k);
+            }
+        }
+        if let Ok(mut names) = self.hash_map::<AbstractKey, NetVerdict>("ABSTRACT") {
+            let keys: Vec<AbstractKey> = names
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.session == session)
+                .collect();
+            for k in keys {
+                let _ = names.remove(&k);
+            }
+        }
     }
 
     /// Removes a session's policy from the kernel maps once no process is left in it.
@@ -399,6 +569,7 @@ impl Guard {
                 let _ = devices.remove(&[session, *rdev]);
             }
         }
+        self.remove_network(session);
     }
 
     /// Marks process `pid` to join `session` at its next exec.

@@ -6,14 +6,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::net::IpAddr;
+
 use agent_guard_common::{
-    Event, EventHeader, DECISION_AUDIT, DECISION_DENY, EVENT_DATA_LEN, EVENT_DECISION, EVENT_PATHS,
-    FLAG_PATH_TRUNCATED, OP_BPF, OP_CHMOD, OP_CHOWN, OP_CREATE, OP_EXEC, OP_FORK, OP_LINK,
-    OP_MKDIR, OP_MMAP, OP_MOUNT, OP_OPEN_WRITE, OP_PIVOT_ROOT, OP_PTRACE, OP_READ, OP_REMOVEXATTR,
-    OP_RENAME, OP_RMDIR, OP_SETXATTR, OP_SIGNAL, OP_SYMLINK, OP_TRUNCATE, OP_UMOUNT, OP_UNLINK,
-    OP_UTIMES, OP_WRITE, PATH_EXE, PATH_TARGET, PATH_TARGET2, RULE_MOUNT, RULE_MULTI_LINK,
+    Event, EventHeader, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, AF_UNIX, DECISION_AUDIT,
+    DECISION_DENY, EVENT_DATA_LEN, EVENT_DECISION, EVENT_PATHS, FLAG_ABSTRACT_NAME, FLAG_NETWORK,
+    FLAG_PATH_TRUNCATED, OP_BIND, OP_BPF, OP_CHMOD, OP_CHOWN, OP_CONNECT, OP_CREATE, OP_EXEC,
+    OP_FORK, OP_LINK, OP_LISTEN, OP_MKDIR, OP_MMAP, OP_MOUNT, OP_OPEN_WRITE, OP_PIVOT_ROOT,
+    OP_PTRACE, OP_READ, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SEND, OP_SETXATTR, OP_SIGNAL,
+    OP_SOCKET, OP_SYMLINK, OP_TRUNCATE, OP_UMOUNT, OP_UNLINK, OP_UTIMES, OP_WRITE, PATH_EXE,
+    PATH_TARGET, PATH_TARGET2, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RULE_ABSTRACT_UNIX,
+    RULE_EGRESS_DEFAULT, RULE_LISTEN, RULE_LOCAL_DESTINATION, RULE_MOUNT, RULE_MULTI_LINK,
     RULE_NO_BPF, RULE_OUTSIDE_SCOPE, RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP, RULE_POLICY_BASE,
-    RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED,
+    RULE_RAW_SOCKET, RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED, SOCK_DGRAM,
+    SOCK_RAW, SOCK_SEQPACKET, SOCK_STREAM,
 };
 use serde::Serialize;
 
@@ -53,6 +59,11 @@ pub fn op_name(op: u32) -> Result<&'static str, DecodeError> {
         OP_UTIMES => "utimes",
         OP_UMOUNT => "umount",
         OP_PIVOT_ROOT => "pivot-root",
+        OP_CONNECT => "connect",
+        OP_SEND => "send",
+        OP_BIND => "bind",
+        OP_LISTEN => "listen",
+        OP_SOCKET => "socket",
         value => {
             return Err(DecodeError::Unknown {
                 field: "operation",
@@ -106,6 +117,11 @@ pub fn rule_name(rule: u32) -> Result<&'static str, DecodeError> {
         RULE_MOUNT => "no-mount",
         RULE_OUTSIDE_SESSION => "target-outside-session",
         RULE_NO_BPF => "no-bpf",
+        RULE_EGRESS_DEFAULT => "egress-default",
+        RULE_LOCAL_DESTINATION => "local-destination",
+        RULE_LISTEN => "listen-not-allowed",
+        RULE_RAW_SOCKET => "raw-socket",
+        RULE_ABSTRACT_UNIX => "abstract-unix-socket",
         value => {
             return Err(DecodeError::Unknown {
                 field: "rule",
@@ -148,6 +164,74 @@ pub struct Decision {
     pub target_pid: u32,
     /// Signal number, ptrace mode or bpf command.
     pub detail: u32,
+    /// The socket and destination of a network decision.
+    pub net: Option<NetDetails>,
+}
+
+/// What a network event says about the socket and the address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetDetails {
+    pub family: String,
+    /// IP sockets: `tcp`, `udp`, `icmp`, or the number.
+    pub protocol: Option<String>,
+    /// Unix sockets and socket creation: `stream`, `dgram`, `raw`, ...
+    pub socket_type: Option<String>,
+    pub address: Option<IpAddr>,
+    pub port: Option<u16>,
+    /// A unix socket's file as the kernel resolved it, or `@name` for an abstract one.
+    pub socket_path: Option<String>,
+}
+
+fn family_name(family: u16) -> String {
+    match family {
+        AF_UNIX => "unix".into(),
+        AF_INET => "inet".into(),
+        AF_INET6 => "inet6".into(),
+        AF_NETLINK => "netlink".into(),
+        AF_PACKET => "packet".into(),
+        other => other.to_string(),
+    }
+}
+
+fn protocol_name(protocol: u16) -> String {
+    match u8::try_from(protocol) {
+        Ok(PROTO_TCP) => "tcp".into(),
+        Ok(PROTO_UDP) => "udp".into(),
+        Ok(PROTO_ICMP) => "icmp".into(),
+        Ok(PROTO_ICMPV6) => "icmpv6".into(),
+        _ => protocol.to_string(),
+    }
+}
+
+fn socket_type_name(ty: u16) -> String {
+    match ty {
+        SOCK_STREAM => "stream".into(),
+        SOCK_DGRAM => "dgram".into(),
+        SOCK_RAW => "raw".into(),
+        SOCK_SEQPACKET => "seqpacket".into(),
+        other => other.to_string(),
+    }
+}
+
+impl NetDetails {
+    fn decode(h: &EventHeader, op: u32, socket_path: Option<String>) -> Self {
+        let ip = h.family == AF_INET || h.family == AF_INET6;
+        // An IPv6 socket's address reads as it was given (`::ffff:127.0.0.1`), an IPv4
+        // socket's as IPv4.
+        let address = if h.family == AF_INET6 {
+            IpAddr::V6(std::net::Ipv6Addr::from(h.addr))
+        } else {
+            crate::policy::network::display_addr(h.addr)
+        };
+        Self {
+            family: family_name(h.family),
+            protocol: (ip || op == OP_SOCKET).then(|| protocol_name(h.protocol)),
+            socket_type: (!ip || op == OP_SOCKET).then(|| socket_type_name(h.socket_type)),
+            address: (ip && op != OP_SOCKET).then_some(address),
+            port: (ip && op != OP_SOCKET).then_some(h.port),
+            socket_path,
+        }
+    }
 }
 
 /// Rebuilds an absolute path from the kernel's leaf-first, NUL-separated components.
@@ -215,9 +299,23 @@ impl Decision {
             Some(if cut { format!("…{path}") } else { path })
         };
         let mut paths = Vec::new();
-        for slot in [PATH_TARGET, PATH_TARGET2] {
-            if let Some(p) = path(slot) {
-                paths.push(p);
+        let mut net = None;
+        if h.flags & FLAG_NETWORK != 0 {
+            // A network event's one path is the unix socket it was aimed at.
+            let socket_path = if h.flags & FLAG_ABSTRACT_NAME != 0 {
+                let len = h.path_len[PATH_TARGET] as usize;
+                bytes
+                    .get(starts[PATH_TARGET]..starts[PATH_TARGET] + len)
+                    .map(|name| format!("@{}", String::from_utf8_lossy(name)))
+            } else {
+                path(PATH_TARGET)
+            };
+            net = Some(NetDetails::decode(&h, h.op, socket_path));
+        } else {
+            for slot in [PATH_TARGET, PATH_TARGET2] {
+                if let Some(p) = path(slot) {
+                    paths.push(p);
+                }
             }
         }
         let truncated = (0..EVENT_PATHS).any(|slot| h.flags & (FLAG_PATH_TRUNCATED << slot) != 0);
@@ -239,6 +337,7 @@ impl Decision {
             ktime_ns: h.ktime_ns,
             target_pid: h.target_pid,
             detail: h.detail,
+            net,
         })
     }
 }
@@ -329,6 +428,21 @@ pub struct DecisionRecord<'a> {
     pub ptrace_mode: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_command: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_path: Option<&'a str>,
+    /// The hostname of the deciding `hosts` rule that resolved to `address`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<&'a str>,
     pub decision: &'static str,
     pub rule: &'a str,
     pub errno: u32,
@@ -462,7 +576,12 @@ mod tests {
             ktime_ns: 5,
             comm: *b"mv\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
             path_len: [9, 6, 7],
+            family: 0,
+            protocol: 0,
+            socket_type: 0,
+            port: 0,
             _pad: 0,
+            addr: [0; 16],
         };
         // SAFETY: the buffer is large enough for the header.
         unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), header) };
@@ -492,12 +611,12 @@ mod tests {
 
     #[test]
     fn every_operation_has_its_own_name() {
-        let names: Vec<&str> = (1..=25).map(|op| op_name(op).unwrap()).collect();
+        let names: Vec<&str> = (1..=30).map(|op| op_name(op).unwrap()).collect();
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{names:?}");
-        assert!(op_name(26).is_err());
+        assert!(op_name(31).is_err());
     }
 
     #[test]

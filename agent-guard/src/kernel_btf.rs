@@ -313,7 +313,21 @@ impl KernelBtf {
             vma_vm_flags: self.offset_of("vm_area_struct", "vm_flags")?,
             vma_vm_file: self.offset_of("vm_area_struct", "vm_file")?,
             backing_file_user_path: self.backing_file_user_path()?,
-            _pad: 0,
+            socket_sk: self.offset_of("socket", "sk")?,
+            socket_type: self.offset_of("socket", "type")?,
+            sock_sk_protocol: self.offset_of("sock", "sk_protocol")?,
+            sock_sk_type: self.offset_of("sock", "sk_type")?,
+            // `struct sock` starts with its `struct sock_common`.
+            sock_skc_family: self.offset_of("sock_common", "skc_family")?,
+            sock_skc_rcv_saddr: self.offset_of("sock_common", "skc_rcv_saddr")?,
+            sock_skc_v6_rcv_saddr: self.offset_of("sock_common", "skc_v6_rcv_saddr")?,
+            sock_skc_num: self.offset_of("sock_common", "skc_num")?,
+            unix_sock_addr: self.offset_of("unix_sock", "addr")?,
+            unix_sock_path: self.offset_of("unix_sock", "path")?,
+            unix_address_len: self.offset_of("unix_address", "len")?,
+            unix_address_name: self.offset_of("unix_address", "name")?,
+            msghdr_msg_name: self.offset_of("msghdr", "msg_name")?,
+            msghdr_msg_namelen: self.offset_of("msghdr", "msg_namelen")?,
         })
     }
 }

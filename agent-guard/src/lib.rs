@@ -8,11 +8,13 @@
 //! - [`selfcheck`]: proving that the kernel really enforces before anything runs.
 //! - [`session`]: starting a command inside a session and waiting for all of it.
 //! - [`events`]: decoding decisions and writing them as JSON lines.
+//! - [`network`]: the host's addresses and the policy's hostnames, looked up at run time.
 //! - [`cli`]: one module per subcommand.
 pub mod bpf;
 pub mod cli;
 pub mod events;
 pub mod kernel_btf;
+pub mod network;
 pub mod policy;
 pub mod selfcheck;
 pub mod session;

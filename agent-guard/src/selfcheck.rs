@@ -19,8 +19,8 @@ use crate::{
     bpf::{Guard, SessionMapError},
     events::Decision,
     policy::{
-        kernel_dev, Access, Action, Location, Mode, ResolvedObject, ResolvedPolicy, RuleSummary,
-        WRITABLE_RULE,
+        kernel_dev, Access, Action, Location, Mode, ResolvedNetwork, ResolvedObject,
+        ResolvedPolicy, RuleSummary, WRITABLE_RULE,
     },
     session::{shell_status, spawn_enrolled, SpawnError},
 };
@@ -143,6 +143,7 @@ pub fn run_canary(
                 line: 1,
                 column: 1,
             },
+            net: None,
         }],
         objects: vec![ResolvedObject {
             rule: 0,
@@ -153,6 +154,7 @@ pub fn run_canary(
         }],
         patterns: Vec::new(),
         devices: Vec::new(),
+        network: ResolvedNetwork::default(),
     };
     guard.identify_policy(&mut policy)?;
     guard.add_session(session, &policy)?;

@@ -4,7 +4,13 @@ use std::path::{Path, PathBuf};
 use clap::{Subcommand, ValueEnum};
 
 use super::EXIT_USAGE;
-use crate::policy::{explain, Op, Policy, ResolvedPolicy, SessionContext, Target};
+use crate::{
+    network::{dns, local_addresses, Hostnames},
+    policy::{
+        explain, explain_network, net_compile::compile_network, Explanation, NetQuery, Op, Policy,
+        Protocol, ResolvedPolicy, SessionContext, Target,
+    },
+};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -30,14 +36,24 @@ pub enum PolicyCommand {
         /// The operation, named as in events.
         #[arg(long, value_enum)]
         op: Op,
-        /// The target (for rename and link: the existing name).
+        /// The target (for rename and link: the existing name). For network operations:
+        /// `ADDRESS:PORT` (`[ADDRESS]:PORT` for IPv6), a unix socket path or `@name`.
         path: PathBuf,
         /// The new name, for rename and link.
         path2: Option<PathBuf>,
+        /// The protocol of a network operation.
+        #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
+        protocol: ProtocolArg,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,8 +71,16 @@ pub fn policy(command: PolicyCommand) -> i32 {
             op,
             path,
             path2,
+            protocol,
             format,
-        } => explain_command(policy.as_deref(), op, &path, path2.as_deref(), format),
+        } => explain_command(
+            policy.as_deref(),
+            op,
+            &path,
+            path2.as_deref(),
+            protocol,
+            format,
+        ),
     }
 }
 
@@ -153,10 +177,24 @@ fn check(files: &[PathBuf]) -> i32 {
         };
         // Paths that do not exist here are reported too, each of them: `run` would refuse
         // the policy here.
-        let problems = ctx
+        let mut problems: Vec<String> = ctx
             .as_ref()
             .map(|ctx| policy.problems(ctx))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        // The address tables' limits, before any hostname adds its addresses.
+        if let Some(Err(e)) = ctx
+            .as_ref()
+            .and_then(|ctx| policy.resolve(ctx).ok())
+            .map(|resolved| compile_network(&resolved))
+        {
+            problems.push(format!(
+                "{}: {e}\n  hint: split wide rules, or list fewer ports per address",
+                file.display()
+            ));
+        }
         if problems.is_empty() {
             let paths = policy.entries().count();
             let patterns = policy
@@ -185,21 +223,105 @@ fn check(files: &[PathBuf]) -> i32 {
     }
 }
 
+/// What a network target given on the command line names.
+fn net_query(op: Op, target: &Path, protocol: ProtocolArg) -> Result<NetQuery, String> {
+    let text = target.to_string_lossy();
+    let protocol = match protocol {
+        ProtocolArg::Tcp => Protocol::Tcp,
+        ProtocolArg::Udp => Protocol::Udp,
+    };
+    if let Ok(socket) = text.parse::<std::net::SocketAddr>() {
+        let (addr, port) = (socket.ip(), socket.port());
+        return Ok(match op {
+            Op::Bind | Op::Listen => NetQuery::Local {
+                addr,
+                port,
+                protocol,
+            },
+            _ => NetQuery::Destination {
+                addr,
+                port,
+                protocol,
+            },
+        });
+    }
+    if matches!(op, Op::Connect | Op::Send) {
+        if let Some(name) = text.strip_prefix('@') {
+            return Ok(NetQuery::Abstract(name.as_bytes().to_vec()));
+        }
+        if target.is_absolute() {
+            return Ok(NetQuery::UnixPath(target.to_path_buf()));
+        }
+    }
+    Err(format!(
+        "`{text}` is not a target for --op {}: give ADDRESS:PORT (`192.0.2.1:443`, `[2001:db8::1]:443`){}",
+        op.name(),
+        if matches!(op, Op::Connect | Op::Send) {
+            ", an absolute unix socket path or `@abstract-name`"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Fills in what `run` learns at session start: the host's addresses, the nameservers
+/// and the hostnames' current addresses.
+fn network_facts(policy: &mut ResolvedPolicy) {
+    policy.network.local = local_addresses();
+    if policy.needs_resolvers() {
+        policy.network.resolvers = dns::system_nameservers().unwrap_or_default();
+    }
+    let names = policy.hostnames();
+    if names.is_empty() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let mut hostnames = Hostnames::new(names, policy.network.resolvers.clone());
+    let (_, failures) = runtime.block_on(hostnames.refresh_due(&mut policy.network.hosts));
+    for failure in failures {
+        eprintln!(
+            "agent-guard: cannot look up `{}` ({}); it admits no address here",
+            failure.host, failure.error
+        );
+    }
+}
+
 fn explain_command(
     file: Option<&Path>,
     op: Op,
     path: &Path,
     path2: Option<&Path>,
+    protocol: ProtocolArg,
     format: Format,
 ) -> i32 {
-    let (_, resolved) = match load_and_resolve(file) {
+    let (_, mut resolved) = match load_and_resolve(file) {
         Ok(loaded) => loaded,
         Err(message) => {
             eprintln!("{message}");
             return EXIT_USAGE;
         }
     };
-    let explanation = match explain(&resolved, op, path, path2) {
+    let explained: Result<Explanation, String> = if op.is_network() {
+        if path2.is_some() {
+            eprintln!(
+                "agent-guard: policy explain: `{}` takes one target",
+                op.name()
+            );
+            return EXIT_USAGE;
+        }
+        net_query(op, path, protocol).and_then(|query| {
+            network_facts(&mut resolved);
+            explain_network(&resolved, op.name(), &query).map_err(|e| e.to_string())
+        })
+    } else {
+        explain(&resolved, op, path, path2).map_err(|e| e.to_string())
+    };
+    let explanation = match explained {
         Ok(explanation) => explanation,
         Err(e) => {
             eprintln!("agent-guard: policy explain: {e}");
@@ -221,7 +343,14 @@ fn explain_command(
             match (&explanation.rule, &explanation.written_at) {
                 (Some(rule), Some(at)) => println!("  rule: {rule} ({at})"),
                 (Some(rule), None) => println!("  rule: {rule} (built in)"),
-                (None, _) => println!("  rule: none (no rule covers it; reads are allowed)"),
+                (None, _) => println!(
+                    "  rule: none (no rule covers it; {} allowed by default)",
+                    if op.is_network() {
+                        "it is"
+                    } else {
+                        "reads are"
+                    }
+                ),
             }
             if let Some(at) = &explanation.attached_at {
                 println!("  attached at: {at}");

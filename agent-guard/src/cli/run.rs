@@ -4,7 +4,10 @@
 //! attach, canary), the session's maps are filled, and only then is the command started.
 //! `run` stays alive until the last process of the session is gone, because its loaded
 //! programs are what guards them.
-use std::{ffi::OsString, os::fd::AsRawFd as _, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap, ffi::OsString, net::IpAddr, os::fd::AsRawFd as _, path::PathBuf,
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use clap::Args;
@@ -19,9 +22,13 @@ use crate::{
     bpf::{Guard, Stats},
     events::{
         errno_name, session_label, Clock, Decision, DecisionRecord, Destination, EventWriter,
-        LostRecord,
+        LostRecord, RuleId,
     },
-    policy::{Policy, ResolvedPolicy, SessionContext},
+    network::{dns, local_addresses, Hostnames},
+    policy::{
+        net_compile::{compile_network, NetTables},
+        Policy, ResolvedPolicy, SessionContext,
+    },
     selfcheck::{require_bpf_lsm, run_canary},
     session::{become_subreaper, children_of, spawn_enrolled, wait_all, SpawnError},
 };
@@ -157,16 +164,6 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
 
-    // 4. The session, keyed by the identities the kernel side itself sees.
-    let mut resolved = resolved;
-    if let Err(e) = guard.identify_policy(&mut resolved) {
-        report_error("cannot resolve the policy's paths in the kernel", &e);
-        return EXIT_GUARD_UNAVAILABLE;
-    }
-    if let Err(e) = guard.add_session(session, &resolved) {
-        report_error("cannot install the session's policy", &e);
-        return EXIT_GUARD_UNAVAILABLE;
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -177,6 +174,21 @@ pub fn run(args: RunArgs) -> i32 {
             return EXIT_GUARD_UNAVAILABLE;
         }
     };
+
+    // 4. The session, keyed by the identities the kernel side itself sees, and the
+    //    network as it is now: the host's addresses and the policy's hostnames.
+    let mut resolved = resolved;
+    if let Err(e) = guard.identify_policy(&mut resolved) {
+        report_error("cannot resolve the policy's paths in the kernel", &e);
+        return EXIT_GUARD_UNAVAILABLE;
+    }
+    let mut hostnames = network_facts(&runtime, &mut resolved);
+    if let Err(e) = guard.add_session(session, &resolved) {
+        report_error("cannot install the session's policy", &e);
+        return EXIT_GUARD_UNAVAILABLE;
+    }
+    // What add_session installed; hostname refreshes replace it.
+    let mut tables = compile_network(&resolved).unwrap_or_default();
     // Signal handlers go in before the fork, so a Ctrl-C can never kill `run` (and with it
     // the guard) while the command lives. The child's exec resets them.
     let _enter = runtime.enter();
@@ -196,6 +208,12 @@ pub fn run(args: RunArgs) -> i32 {
         clock,
         policy: resolved.source.clone(),
         rule_names: resolved.rule_names(),
+        rule_hosts: resolved
+            .rules
+            .iter()
+            .map(|r| r.net.as_ref().map(|n| n.hosts.clone()).unwrap_or_default())
+            .collect(),
+        hostnames: tables.hostnames.clone(),
         session,
         write_errors: 0,
         lost_reported: 0,
@@ -215,8 +233,20 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
 
+    let mut network = LiveNetwork {
+        session,
+        policy: &mut resolved,
+        hostnames: &mut hostnames,
+        tables: &mut tables,
+    };
     let status = runtime.block_on(supervise(
-        command, &mut ring, &mut out, &guard, baseline, signals,
+        command,
+        &mut ring,
+        &mut out,
+        &mut guard,
+        &mut network,
+        baseline,
+        signals,
     ));
     drop(_enter);
     drop(runtime);
@@ -231,6 +261,90 @@ pub fn run(args: RunArgs) -> i32 {
     status
 }
 
+/// Reads the host's addresses and nameservers into the policy and looks its hostnames up
+/// once, before the session starts. A hostname that cannot be looked up stays refused (it
+/// has no address yet) and is tried again while the session runs.
+fn network_facts(runtime: &tokio::runtime::Runtime, policy: &mut ResolvedPolicy) -> Hostnames {
+    policy.network.local = local_addresses();
+    if policy.needs_resolvers() {
+        match dns::system_nameservers() {
+            Ok(servers) if !servers.is_empty() => policy.network.resolvers = servers,
+            Ok(_) => eprintln!(
+                "agent-guard: {} names no nameserver; hostname rules admit nothing",
+                dns::RESOLV_CONF
+            ),
+            Err(e) => report_error(
+                "cannot read the nameservers; hostname rules admit nothing",
+                &e,
+            ),
+        }
+    }
+    let mut hostnames = Hostnames::new(policy.hostnames(), policy.network.resolvers.clone());
+    let (_, failures) = runtime.block_on(hostnames.refresh_due(&mut policy.network.hosts));
+    report_lookup_failures(&failures);
+    hostnames
+}
+
+fn report_lookup_failures(failures: &[crate::network::LookupFailure]) {
+    for failure in failures {
+        report_error(
+            &format!(
+                "cannot look up `{}`; addresses it had stay admitted, and it is tried again shortly",
+                failure.host
+            ),
+            &failure.error,
+        );
+    }
+}
+
+/// A running session's network tables and what they are compiled from.
+struct LiveNetwork<'a> {
+    session: u32,
+    policy: &'a mut ResolvedPolicy,
+    hostnames: &'a mut Hostnames,
+    tables: &'a mut NetTables,
+}
+
+impl LiveNetwork<'_> {
+    /// Looks up the hostnames that are due and, when their addresses changed, swaps the
+    /// kernel tables to the new ones. When the new tables cannot be built or written, the
+    /// old ones stay in force and the problem is reported.
+    async fn refresh(&mut self, guard: &mut Guard, out: &mut Output) {
+        let mut hosts = self.policy.network.hosts.clone();
+        let (changed, failures) = self.hostnames.refresh_due(&mut hosts).await;
+        report_lookup_failures(&failures);
+        if !changed {
+            return;
+        }
+        let mut next = self.policy.clone();
+        next.network.hosts = hosts;
+        let tables = match compile_network(&next) {
+            Ok(tables) => tables,
+            Err(e) => {
+                report_error(
+                    "the hostnames' new addresses do not fit; the old ones stay in force",
+                    &e,
+                );
+                return;
+            }
+        };
+        if let Err(e) = guard.update_network(self.session, self.tables, &tables) {
+            report_error("cannot install the hostnames' new addresses", &e);
+            return;
+        }
+        for (addr, names) in &tables.hostnames {
+            let known = out.hostnames.entry(*addr).or_default();
+            for name in names {
+                if !known.contains(name) {
+                    known.push(name.clone());
+                }
+            }
+        }
+        *self.tables = tables;
+        *self.policy = next;
+    }
+}
+
 /// Writes events and keeps the counts for the summary.
 struct Output {
     writer: EventWriter,
@@ -238,6 +352,10 @@ struct Output {
     policy: String,
     /// Names of the policy's rules, by the index events carry.
     rule_names: Vec<String>,
+    /// Hostnames of each rule, by the same index.
+    rule_hosts: Vec<Vec<String>>,
+    /// Every hostname each address was found for during the session.
+    hostnames: BTreeMap<IpAddr, Vec<String>>,
     session: u32,
     write_errors: u64,
     /// Lost events already reported.
@@ -245,7 +363,23 @@ struct Output {
 }
 
 impl Output {
+    /// The hostname of the deciding rule that gave `address`, if the rule names hosts.
+    fn hostname(&self, d: &Decision) -> Option<&str> {
+        let address = d.net.as_ref()?.address?;
+        let RuleId::Policy(index) = d.rule else {
+            return None;
+        };
+        let rule_hosts = self.rule_hosts.get(usize::from(index))?;
+        self.hostnames
+            .get(&address)?
+            .iter()
+            .find(|name| rule_hosts.contains(name))
+            .map(String::as_str)
+    }
+
     fn decision(&mut self, d: &Decision) {
+        let net = d.net.as_ref();
+        let hostname = self.hostname(d).map(str::to_owned);
         let record = DecisionRecord {
             time: self.clock.rfc3339(d.ktime_ns),
             kind: "decision",
@@ -264,6 +398,13 @@ impl Output {
             signal: (d.op == "signal").then_some(d.detail),
             ptrace_mode: (d.op == "ptrace").then_some(d.detail),
             bpf_command: (d.op == "bpf").then_some(d.detail),
+            family: net.map(|n| n.family.as_str()),
+            protocol: net.and_then(|n| n.protocol.as_deref()),
+            socket_type: net.and_then(|n| n.socket_type.as_deref()),
+            address: net.and_then(|n| n.address),
+            port: net.and_then(|n| n.port),
+            socket_path: net.and_then(|n| n.socket_path.as_deref()),
+            hostname: hostname.as_deref(),
             decision: d.decision,
             rule: d.rule.name(&self.rule_names),
             errno: d.errno,
@@ -310,7 +451,8 @@ async fn supervise(
     command: Pid,
     ring: &mut RingBuf<MapData>,
     out: &mut Output,
-    guard: &Guard,
+    guard: &mut Guard,
+    network: &mut LiveNetwork<'_>,
     baseline: Stats,
     signals: [Option<tokio::signal::unix::Signal>; 3],
 ) -> i32 {
@@ -355,7 +497,17 @@ async fn supervise(
                     out.lost(stats.lost.saturating_sub(baseline.lost));
                 }
             }
+            () = sleep_until_due(network.hostnames.next_due()), if network.hostnames.next_due().is_some() => {
+                network.refresh(guard, out).await;
+            }
         }
+    }
+}
+
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,19 +9,24 @@
 use std::{
     collections::HashMap,
     io,
+    net::IpAddr,
     os::unix::fs::{FileTypeExt as _, MetadataExt as _},
     path::{Component, Path, PathBuf},
 };
 
 use agent_guard_common::{
-    ACCESS_MODIFY, ACCESS_READ, ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, RULE_MULTI_LINK,
+    is_loopback, ACCESS_CONNECT, ACCESS_MODIFY, ACCESS_READ, ACTION_ALLOW, ACTION_AUDIT,
+    ACTION_DENY, RULE_ABSTRACT_UNIX, RULE_EGRESS_DEFAULT, RULE_LISTEN, RULE_MULTI_LINK,
     RULE_PATH_TOO_DEEP, RULE_POLICY_BASE,
 };
 
 use super::{
     any_minor,
     compile::{compile, Compiled, Decided, Level},
-    kernel_dev, Mode, ResolvedPolicy,
+    kernel_dev,
+    net_compile::{compile_network, NetLimitError, NetTables},
+    network::Cidr,
+    Mode, Protocol, ResolvedPolicy,
 };
 
 /// The operations `explain` knows, named as in events.
@@ -43,6 +48,14 @@ pub enum Op {
     Removexattr,
     Utimes,
     Read,
+    /// connect(2) to `ADDRESS:PORT`, a unix socket path or `@abstract-name`.
+    Connect,
+    /// sendto(2) to `ADDRESS:PORT` (or a unix socket).
+    Send,
+    /// bind(2) to `ADDRESS:PORT`.
+    Bind,
+    /// listen(2) on a socket bound to `ADDRESS:PORT`.
+    Listen,
 }
 
 impl Op {
@@ -63,7 +76,16 @@ impl Op {
             Self::Removexattr => "removexattr",
             Self::Utimes => "utimes",
             Self::Read => "read",
+            Self::Connect => "connect",
+            Self::Send => "send",
+            Self::Bind => "bind",
+            Self::Listen => "listen",
         }
+    }
+
+    /// Whether the operation is decided by the network tables (see [`explain_network`]).
+    pub fn is_network(self) -> bool {
+        matches!(self, Self::Connect | Self::Send | Self::Bind | Self::Listen)
     }
 
     /// Whether the operation takes a second path.
@@ -105,6 +127,10 @@ pub enum ExplainError {
     TwoPaths(&'static str),
     #[error("`{0}` takes one path")]
     OnePath(&'static str),
+    #[error("the policy's network rules do not fit the kernel tables")]
+    Limit(#[source] NetLimitError),
+    #[error("`{0}` is a network operation: explain it with `explain_network`")]
+    NetworkOp(&'static str),
 }
 
 /// A chain with the path of each level, for reporting.
@@ -253,6 +279,9 @@ pub fn explain(
     }
     let compiled = compile(policy);
     let (decided, chain) = match op {
+        Op::Connect | Op::Send | Op::Bind | Op::Listen => {
+            return Err(ExplainError::NetworkOp(op.name()))
+        }
         Op::Unlink | Op::Rmdir => {
             let c = chain(path, false, true)?;
             (compiled.decide(ACCESS_MODIFY, &c.levels, true), c)
@@ -289,19 +318,7 @@ pub fn explain(
         _ => "deny",
     };
     let rule_index = decided.rule.checked_sub(RULE_POLICY_BASE);
-    let rule = if decided.action == ACTION_ALLOW && decided.rule == 0 {
-        None
-    } else {
-        Some(match rule_index {
-            Some(i) => policy
-                .rules
-                .get(i as usize)
-                .map_or_else(|| "unknown-policy-rule".into(), |r| r.name.clone()),
-            None => crate::events::rule_name(decided.rule)
-                .unwrap_or("unknown")
-                .to_owned(),
-        })
-    };
+    let rule = rule_label(policy, decided.action, decided.rule);
     let errno = (denied && policy.mode == Mode::Enforce).then_some(if op == Op::Read {
         "EACCES"
     } else {
@@ -321,6 +338,131 @@ pub fn explain(
             .map(|p| p.display().to_string()),
         errno,
     })
+}
+
+/// The name of the rule that decided: a policy rule's or a built-in reason; none when
+/// nothing spoke.
+fn rule_label(policy: &ResolvedPolicy, action: u16, code: u32) -> Option<String> {
+    if action == ACTION_ALLOW && code == 0 {
+        return None;
+    }
+    Some(match code.checked_sub(RULE_POLICY_BASE) {
+        Some(i) => policy
+            .rules
+            .get(i as usize)
+            .map_or_else(|| "unknown-policy-rule".into(), |r| r.name.clone()),
+        None => crate::events::rule_name(code)
+            .unwrap_or("unknown")
+            .to_owned(),
+    })
+}
+
+/// A network operation to explain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetQuery {
+    /// connect or send to an IP destination (IPv4 addresses are decided as IPv4-mapped).
+    Destination {
+        addr: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    },
+    /// bind or listen on a local address.
+    Local {
+        addr: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    },
+    /// connect or send to a unix socket bound at a path.
+    UnixPath(PathBuf),
+    /// connect or send to an abstract unix socket.
+    Abstract(Vec<u8>),
+}
+
+/// What the kernel side would decide for a network operation, from the same compiled
+/// tables (`net_compile`) and the same first-match scan. `op` is the event's name.
+pub fn explain_network(
+    policy: &ResolvedPolicy,
+    op: &'static str,
+    query: &NetQuery,
+) -> Result<Explanation, ExplainError> {
+    let tables = compile_network(policy).map_err(ExplainError::Limit)?;
+    let allowed = (ACTION_ALLOW, 0);
+    let mut attached_at = None;
+    let (action, code, target) = match query {
+        NetQuery::Destination {
+            addr,
+            port,
+            protocol,
+        } => {
+            let (bytes, _) = Cidr::host(*addr).v6_form();
+            let found = NetTables::lookup(&tables.connect, bytes)
+                .and_then(|rules| rules.decide(*port, protocol.number()));
+            let (action, code) = match found {
+                Some((action, code)) => (u16::from(action), code),
+                None if policy.network.egress_allow => allowed,
+                None => (ACTION_DENY, RULE_EGRESS_DEFAULT),
+            };
+            (action, code, socket_text(*addr, *port))
+        }
+        NetQuery::Local {
+            addr,
+            port,
+            protocol,
+        } => {
+            let (bytes, _) = Cidr::host(*addr).v6_form();
+            let (action, code) = if is_loopback(&bytes) {
+                allowed
+            } else {
+                NetTables::lookup(&tables.listen, bytes)
+                    .and_then(|rules| rules.decide(*port, protocol.number()))
+                    .map_or((ACTION_DENY, RULE_LISTEN), |(a, c)| (u16::from(a), c))
+            };
+            (action, code, socket_text(*addr, *port))
+        }
+        NetQuery::UnixPath(path) => {
+            let compiled = compile(policy);
+            let c = chain(path, true, true)?;
+            let decided = compiled.decide(ACCESS_CONNECT, &c.levels, false);
+            attached_at = decided
+                .level
+                .filter(|_| decided.rule >= RULE_POLICY_BASE)
+                .and_then(|level| c.paths.get(level))
+                .map(|p| p.display().to_string());
+            (decided.action, decided.rule, path.display().to_string())
+        }
+        NetQuery::Abstract(name) => {
+            let (action, code) = tables
+                .abstract_names
+                .get(name)
+                .map_or((ACTION_DENY, RULE_ABSTRACT_UNIX), |v| {
+                    (v.action as u16, v.rule)
+                });
+            (action, code, format!("@{}", String::from_utf8_lossy(name)))
+        }
+    };
+    let denied = action == ACTION_DENY;
+    Ok(Explanation {
+        op,
+        paths: vec![target],
+        decision: match action {
+            ACTION_ALLOW => "allow",
+            ACTION_AUDIT => "audit",
+            _ if policy.mode == Mode::Audit => "audit",
+            _ => "deny",
+        },
+        rule: rule_label(policy, action, code),
+        written_at: code
+            .checked_sub(RULE_POLICY_BASE)
+            .and_then(|i| policy.rules.get(i as usize))
+            .map(|r| r.location.to_string()),
+        attached_at,
+        errno: (denied && policy.mode == Mode::Enforce).then_some("EPERM"),
+    })
+}
+
+/// `192.0.2.1:443` or `[2001:db8::1]:443`.
+fn socket_text(addr: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(addr, port).to_string()
 }
 
 /// Opening for writing and truncating: `check_writable` on the kernel side.

@@ -24,10 +24,23 @@
 //! action = "audit"            # deny | audit | allow
 //! access = "modify"           # modify (default) | read
 //! paths = ["/etc"]
+//!
+//! [network]
+//! egress = "deny"             # or "allow": destinations no rule names
+//!
+//! [[network.rule]]
+//! name = "git"
+//! action = "allow"
+//! access = "connect"          # connect (default) | listen
+//! hosts = ["git.example.com"] # and/or addresses = ["192.0.2.0/24"]; or unix = [paths, "@abstract"]
+//! ports = [443, "8000-8100"]
+//! protocol = "tcp"
 //! ```
 pub mod compile;
 mod error;
 mod explain;
+pub mod net_compile;
+pub mod network;
 mod pattern;
 mod raw;
 mod resolve;
@@ -39,16 +52,17 @@ use std::{
 };
 
 use agent_guard_common::{
-    ACCESS_MODIFY, ACCESS_READ, ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, MAX_NAME_PATTERNS,
-    MAX_POLICY_PATHS, MAX_POLICY_RULES,
+    ACCESS_CONNECT, ACCESS_MODIFY, ACCESS_READ, ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY,
+    MAX_NAME_PATTERNS, MAX_POLICY_PATHS, MAX_POLICY_RULES,
 };
 
 pub use error::{Location, PolicyError};
-pub use explain::{explain, ExplainError, Explanation, Op};
+pub use explain::{explain, explain_network, ExplainError, Explanation, NetQuery, Op};
+pub use network::{Cidr, NetMatch, PortRange, Protocol};
 pub use pattern::{NameGlob, Target};
 pub use resolve::{
-    any_minor, kernel_dev, ResolveError, ResolvedObject, ResolvedPattern, ResolvedPolicy,
-    RuleSummary, SessionContext,
+    any_minor, kernel_dev, ResolveError, ResolvedNetwork, ResolvedObject, ResolvedPattern,
+    ResolvedPolicy, RuleSummary, SessionContext,
 };
 
 /// The policy built into the binary, used when `--policy` is not given.
@@ -68,6 +82,9 @@ pub const MAX_EXTENDS_DEPTH: usize = 8;
 pub const WRITABLE_RULE: &str = "writable";
 pub const PROTECTED_RULE: &str = "protected";
 pub const READ_DENIED_RULE: &str = "read-denied";
+/// Name of the rule generated for the nameservers of /etc/resolv.conf when some network
+/// rule names hosts.
+pub const DNS_RESOLVERS_RULE: &str = "dns-resolvers";
 
 /// Names events use for decisions no policy rule took; rule names may not take them.
 pub const BUILTIN_REASONS: &[&str] = &[
@@ -80,6 +97,11 @@ pub const BUILTIN_REASONS: &[&str] = &[
     "no-mount",
     "target-outside-session",
     "no-bpf",
+    "egress-default",
+    "local-destination",
+    "listen-not-allowed",
+    "raw-socket",
+    "abstract-unix-socket",
 ];
 
 /// Longest rule name.
@@ -137,6 +159,10 @@ pub enum Access {
     Modify,
     /// Opening for reading (or executing, or listing).
     Read,
+    /// Connecting or sending to a destination: an address, or a unix socket.
+    Connect,
+    /// Binding and listening on a local address other than loopback.
+    Listen,
 }
 
 impl Access {
@@ -144,14 +170,18 @@ impl Access {
         match self {
             Self::Modify => "modify",
             Self::Read => "read",
+            Self::Connect => "connect",
+            Self::Listen => "listen",
         }
     }
 
-    /// The kernel side's `ACCESS_*`.
+    /// The kernel side's `ACCESS_*` for path entries. Listen rules have no paths; their
+    /// addresses go to the `NET_LISTEN` table instead.
     pub fn code(self) -> u32 {
         match self {
             Self::Modify => ACCESS_MODIFY,
             Self::Read => ACCESS_READ,
+            Self::Connect | Self::Listen => ACCESS_CONNECT,
         }
     }
 }
@@ -176,6 +206,8 @@ pub struct Rule {
     pub paths: Vec<PolicyPath>,
     /// Where the rule was written (its first entry for the `[filesystem]` lists).
     pub location: Location,
+    /// What a `[[network.rule]]` matches besides its unix socket paths (which are `paths`).
+    pub net: Option<NetMatch>,
 }
 
 /// A validated policy, with `extends` applied and before variables are expanded.
@@ -193,11 +225,15 @@ pub struct Policy {
     pub writable_devices: Vec<PolicyPath>,
     /// Whether terminals and pseudo-terminals stay writable.
     pub terminals: bool,
+    /// What happens to destinations no network rule names: [`Action::Allow`] or
+    /// [`Action::Deny`].
+    pub egress: Action,
 }
 
 /// One file's contribution, validated.
 struct Layer {
     mode: Option<Mode>,
+    egress: Option<Action>,
     terminals: Option<bool>,
     /// Whether the file has a `writable` key (even an empty one).
     names_writable: bool,
@@ -430,6 +466,7 @@ fn parse_layer(file: &str, text: &str) -> Result<Layer, PolicyError> {
                         access,
                         paths: entries,
                         location,
+                        net: None,
                     });
                 }
             }
@@ -444,41 +481,8 @@ fn parse_layer(file: &str, text: &str) -> Result<Layer, PolicyError> {
     let named_rule = |table: toml::Spanned<raw::RawRule>| -> Result<Rule, PolicyError> {
         let span = table.span();
         let rule = table.into_inner();
-        let name = rule.name.get_ref();
-        let name_ok = !name.is_empty()
-            && name.len() <= MAX_RULE_NAME
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !name.starts_with('-');
-        if !name_ok {
-            return Err(invalid(
-                rule.name.span(),
-                format!("`{name}` is not a valid rule name"),
-                "use lowercase letters, digits and `-`, up to 48 characters, such as `protect-db`",
-            ));
-        }
-        if [WRITABLE_RULE, PROTECTED_RULE, READ_DENIED_RULE].contains(&name.as_str())
-            || BUILTIN_REASONS.contains(&name.as_str())
-        {
-            return Err(invalid(
-                rule.name.span(),
-                format!("the rule name `{name}` is reserved"),
-                "`writable`, `protected` and `read-denied` name the [filesystem] lists, and the built-in reasons name themselves; pick another name",
-            ));
-        }
-        let action = match rule.action.get_ref().as_str() {
-            "deny" => Action::Deny,
-            "audit" => Action::Audit,
-            "allow" => Action::Allow,
-            other => {
-                return Err(invalid(
-                    rule.action.span(),
-                    format!("unknown action `{other}`"),
-                    "use `deny` (refuse and report), `audit` (allow and report) or `allow`",
-                ))
-            }
-        };
+        let name = rule_name(&rule.name, &invalid)?;
+        let action = rule_action(&rule.action, &invalid)?;
         let access = match rule
             .access
             .as_ref()
@@ -490,7 +494,7 @@ fn parse_layer(file: &str, text: &str) -> Result<Layer, PolicyError> {
                 return Err(invalid(
                     span,
                     format!("unknown access `{other}`"),
-                    "use `modify` (create, change, remove, rename) or `read`",
+                    "use `modify` (create, change, remove, rename) or `read`; network rules go in `[[network.rule]]`",
                 ))
             }
         };
@@ -505,11 +509,12 @@ fn parse_layer(file: &str, text: &str) -> Result<Layer, PolicyError> {
             ));
         }
         Ok(Rule {
-            name: name.clone(),
+            name,
             action,
             access,
             paths: entries,
             location: at(span),
+            net: None,
         })
     };
     for table in raw.rule {
@@ -518,12 +523,56 @@ fn parse_layer(file: &str, text: &str) -> Result<Layer, PolicyError> {
             Err(e) => fail(e),
         }
     }
+    let mut egress = None;
+    if let Some(network) = raw.network {
+        egress = match network
+            .egress
+            .as_ref()
+            .map(|e| (e.get_ref().as_str(), e.span()))
+        {
+            None => None,
+            Some(("deny", _)) => Some(Action::Deny),
+            Some(("allow", _)) => Some(Action::Allow),
+            Some((other, span)) => {
+                fail(invalid(
+                    span,
+                    format!("unknown egress default `{other}`"),
+                    "use `egress = \"deny\"` (only what rules name) or `egress = \"allow\"` (all but what rules deny)",
+                ));
+                None
+            }
+        };
+        for table in network.rule {
+            let span = table.span();
+            let raw_rule = table.into_inner();
+            let name = rule_name(&raw_rule.name, &invalid);
+            let action = rule_action(&raw_rule.action, &invalid);
+            let matched = network_match(raw_rule, &invalid);
+            let (name, action, NetRuleParts { access, net, unix }) = match (name, action, matched) {
+                (Ok(name), Ok(action), Ok(matched)) => (name, action, matched),
+                (name, action, matched) => {
+                    name.err().into_iter().chain(action.err()).for_each(&fail);
+                    matched.err().into_iter().flatten().for_each(&fail);
+                    continue;
+                }
+            };
+            rules.push(Rule {
+                name,
+                action,
+                access,
+                paths: paths(unix, "unix", true),
+                location: at(span),
+                net: Some(net),
+            });
+        }
+    }
     let errors = errors.into_inner();
     if !errors.is_empty() {
         return Err(PolicyError::several(errors));
     }
     Ok(Layer {
         mode,
+        egress,
         terminals,
         names_writable,
         rules,
@@ -532,15 +581,242 @@ fn parse_layer(file: &str, text: &str) -> Result<Layer, PolicyError> {
     })
 }
 
+/// Builds a located error from a span, a message and a hint.
+type Invalid<'a> = dyn Fn(Range<usize>, String, &str) -> PolicyError + 'a;
+
+/// A rule's name, checked: the charset, the length, and not a reserved name.
+fn rule_name(name: &toml::Spanned<String>, invalid: &Invalid) -> Result<String, PolicyError> {
+    let text = name.get_ref();
+    let name_ok = !text.is_empty()
+        && text.len() <= MAX_RULE_NAME
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-');
+    if !name_ok {
+        return Err(invalid(
+            name.span(),
+            format!("`{text}` is not a valid rule name"),
+            "use lowercase letters, digits and `-`, up to 48 characters, such as `protect-db`",
+        ));
+    }
+    if [
+        WRITABLE_RULE,
+        PROTECTED_RULE,
+        READ_DENIED_RULE,
+        DNS_RESOLVERS_RULE,
+    ]
+    .contains(&text.as_str())
+        || BUILTIN_REASONS.contains(&text.as_str())
+    {
+        return Err(invalid(
+            name.span(),
+            format!("the rule name `{text}` is reserved"),
+            "`writable`, `protected` and `read-denied` name the [filesystem] lists, `dns-resolvers` the generated DNS rule, and the built-in reasons name themselves; pick another name",
+        ));
+    }
+    Ok(text.clone())
+}
+
+fn rule_action(action: &toml::Spanned<String>, invalid: &Invalid) -> Result<Action, PolicyError> {
+    match action.get_ref().as_str() {
+        "deny" => Ok(Action::Deny),
+        "audit" => Ok(Action::Audit),
+        "allow" => Ok(Action::Allow),
+        other => Err(invalid(
+            action.span(),
+            format!("unknown action `{other}`"),
+            "use `deny` (refuse and report), `audit` (allow and report) or `allow`",
+        )),
+    }
+}
+
+/// A `[[network.rule]]` validated but for its unix socket paths.
+struct NetRuleParts {
+    access: Access,
+    net: NetMatch,
+    /// Unix socket paths, still to be validated as path entries.
+    unix: Vec<toml::Spanned<String>>,
+}
+
+/// What a `[[network.rule]]` matches. Every problem is returned.
+fn network_match(
+    rule: raw::RawNetRule,
+    invalid: &Invalid,
+) -> Result<NetRuleParts, Vec<PolicyError>> {
+    let mut errors = Vec::new();
+    let mut net = NetMatch::default();
+    let access = match rule
+        .access
+        .as_ref()
+        .map(|a| (a.get_ref().as_str(), a.span()))
+    {
+        None | Some(("connect", _)) => Access::Connect,
+        Some(("listen", _)) => Access::Listen,
+        Some((other, span)) => {
+            errors.push(invalid(
+                span,
+                format!("unknown network access `{other}`"),
+                "use `connect` (connect and send to the destinations) or `listen` (bind and listen on the addresses)",
+            ));
+            Access::Connect
+        }
+    };
+    let name = rule.name.get_ref();
+    let list = |list: Option<toml::Spanned<Vec<toml::Spanned<String>>>>| {
+        list.map(|l| (l.span(), l.into_inner()))
+    };
+    let hosts = list(rule.hosts);
+    let addresses = list(rule.addresses);
+    let unix = list(rule.unix);
+    if let Some((span, hosts)) = hosts {
+        if access == Access::Listen {
+            errors.push(invalid(
+                span.clone(),
+                format!("listen rule `{name}` names hosts"),
+                "a listen rule names local `addresses`; hostnames are for connect rules",
+            ));
+        }
+        if hosts.is_empty() {
+            errors.push(invalid(
+                span,
+                "`hosts` is empty".into(),
+                "list hostnames such as `git.example.com`, or remove the key",
+            ));
+        }
+        for host in hosts {
+            match network::parse_hostname(host.get_ref()) {
+                Ok(h) => net.hosts.push(h),
+                Err(message) => errors.push(invalid(
+                    host.span(),
+                    message,
+                    "write a full hostname (`git.example.com`, `*.pkg.example.org`); addresses go in `addresses`",
+                )),
+            }
+        }
+    }
+    if let Some((span, addresses)) = addresses {
+        if addresses.is_empty() {
+            errors.push(invalid(
+                span,
+                "`addresses` is empty".into(),
+                "list addresses or blocks such as `192.0.2.0/24` or `::1`, or remove the key",
+            ));
+        }
+        for address in addresses {
+            match Cidr::parse(address.get_ref()) {
+                Ok(c) => net.addresses.push(c),
+                Err(message) => errors.push(invalid(
+                    address.span(),
+                    message,
+                    "write an address (`192.0.2.7`, `2001:db8::1`) or a block (`10.0.0.0/8`, `2001:db8::/32`)",
+                )),
+            }
+        }
+    }
+    if let Some(ports) = rule.ports {
+        let span = ports.span();
+        let ports = ports.into_inner();
+        if ports.is_empty() {
+            errors.push(invalid(
+                span,
+                "`ports` is empty".into(),
+                "list ports (`443`) or ranges (`\"8000-8100\"`), or remove the key for every port",
+            ));
+        }
+        for port in ports {
+            let parsed = match port.get_ref() {
+                toml::Value::Integer(n) => u16::try_from(*n)
+                    .map(|p| PortRange { lo: p, hi: p })
+                    .map_err(|_| format!("`{n}` is not a port number (0 to 65535)")),
+                toml::Value::String(text) => PortRange::parse(text),
+                other => Err(format!("`{other}` is not a port or a range")),
+            };
+            match parsed {
+                Ok(range) => net.ports.push(range),
+                Err(message) => errors.push(invalid(
+                    port.span(),
+                    message,
+                    "write a port as a number (`443`) and a range as a string (`\"8000-8100\"`)",
+                )),
+            }
+        }
+    }
+    if let Some(protocol) = &rule.protocol {
+        match Protocol::parse(protocol.get_ref()) {
+            Some(p) => net.protocol = Some(p),
+            None => errors.push(invalid(
+                protocol.span(),
+                format!("unknown protocol `{}`", protocol.get_ref()),
+                "use `tcp` or `udp`, or remove the key for both",
+            )),
+        }
+    }
+    let mut unix_paths = Vec::new();
+    if let Some((span, unix)) = unix {
+        if access == Access::Listen
+            || net.hosts.len() + net.addresses.len() > 0
+            || !net.ports.is_empty()
+            || net.protocol.is_some()
+        {
+            errors.push(invalid(
+                span.clone(),
+                format!("rule `{name}` mixes unix sockets with IP destinations, ports, a protocol or listening"),
+                "put unix sockets in a connect rule of their own",
+            ));
+        }
+        if unix.is_empty() {
+            errors.push(invalid(span, "`unix` is empty".into(), "list socket paths (`/run/docker.sock`) or abstract names (`@name`), or remove the key"));
+        }
+        for entry in unix {
+            if entry.get_ref().starts_with('@') {
+                match network::parse_abstract(entry.get_ref()) {
+                    Ok(n) => net.abstract_names.push(n),
+                    Err(message) => errors.push(invalid(
+                        entry.span(),
+                        message,
+                        "write `@` and the name as the socket binds it, without its leading NUL",
+                    )),
+                }
+            } else {
+                unix_paths.push(entry);
+            }
+        }
+    }
+    if net.hosts.is_empty()
+        && net.addresses.is_empty()
+        && net.abstract_names.is_empty()
+        && unix_paths.is_empty()
+        && errors.is_empty()
+    {
+        errors.push(invalid(
+            rule.name.span(),
+            format!("network rule `{name}` names no destination"),
+            "give it `hosts`, `addresses` or `unix`",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(NetRuleParts {
+            access,
+            net,
+            unix: unix_paths,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
 /// Applies the layers in order (furthest parent first) and checks the limits.
 fn merge(file: &str, chain: Vec<String>, layers: Vec<Layer>) -> Result<Policy, PolicyError> {
     let mut mode = Mode::Enforce;
+    let mut egress = Action::Deny;
     let mut terminals = true;
     let mut names_writable = false;
     let mut rules: Vec<Rule> = Vec::new();
     let mut devices = Vec::new();
     for layer in layers {
         mode = layer.mode.unwrap_or(mode);
+        egress = layer.egress.unwrap_or(egress);
         terminals = layer.terminals.unwrap_or(terminals);
         names_writable |= layer.names_writable;
         devices.extend(layer.devices);
@@ -590,8 +866,40 @@ fn merge(file: &str, chain: Vec<String>, layers: Vec<Layer>) -> Result<Policy, P
                     optional: false,
                 }],
                 location,
+                net: None,
             },
         );
+    }
+    let names_hosts = rules
+        .iter()
+        .any(|r| r.net.as_ref().is_some_and(|n| !n.hosts.is_empty()));
+    if names_hosts || egress == Action::Allow {
+        // Hostnames are looked up by agent-guard, but the session looks them up too; and
+        // with egress open, a resolver on loopback (127.0.0.53) must stay reachable.
+        let location = rules
+            .iter()
+            .find(|r| r.net.as_ref().is_some_and(|n| !n.hosts.is_empty()))
+            .map(|r| r.location.clone())
+            .unwrap_or_else(|| Location {
+                file: file.to_owned(),
+                line: 1,
+                column: 1,
+            });
+        rules.push(Rule {
+            name: DNS_RESOLVERS_RULE.into(),
+            action: Action::Allow,
+            access: Access::Connect,
+            paths: Vec::new(),
+            location,
+            net: Some(NetMatch {
+                ports: vec![PortRange {
+                    lo: crate::network::dns::DNS_PORT,
+                    hi: crate::network::dns::DNS_PORT,
+                }],
+                system_resolvers: true,
+                ..NetMatch::default()
+            }),
+        });
     }
     let limit = |location: &Location, message: String, hint: &str| PolicyError::Invalid {
         location: location.clone(),
@@ -639,15 +947,16 @@ fn merge(file: &str, chain: Vec<String>, layers: Vec<Layer>) -> Result<Policy, P
         rules,
         writable_devices: devices,
         terminals,
+        egress,
     })
 }
 
 /// A fix suggestion for the TOML layer's messages.
 fn hint_for_toml(message: &str) -> &'static str {
     if message.contains("unknown field") {
-        "remove the key or correct its spelling; the keys are `version`, `mode`, `extends`, `[filesystem]` (`writable`, `protected`, `read_denied`, `writable_devices`, `terminals`) and `[[rule]]` (`name`, `action`, `access`, `paths`)"
+        "remove the key or correct its spelling; the keys are `version`, `mode`, `extends`, `[filesystem]` (`writable`, `protected`, `read_denied`, `writable_devices`, `terminals`), `[[rule]]` (`name`, `action`, `access`, `paths`), `[network]` (`egress`) and `[[network.rule]]` (`name`, `action`, `access`, `hosts`, `addresses`, `ports`, `protocol`, `unix`)"
     } else if message.contains("missing field") {
-        "a `[[rule]]` needs `name`, `action` and `paths`"
+        "a `[[rule]]` needs `name`, `action` and `paths`; a `[[network.rule]]` needs `name` and `action`"
     } else if message.contains("invalid type") {
         "check the value's type: paths are quoted strings in a list, `terminals` is true or false"
     } else {
@@ -914,6 +1223,128 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("policies/x.toml:1:8: "), "{text}");
         assert!(text.contains("hint: "), "{text}");
+    }
+
+    #[test]
+    fn network_rules_parse_into_rules_with_their_match() {
+        let text = r#"
+[network]
+egress = "allow"
+[[network.rule]]
+name = "git"
+action = "allow"
+hosts = ["Git.Example.com"]
+addresses = ["192.0.2.0/24", "2001:db8::1"]
+ports = [443, "8000-8100"]
+protocol = "tcp"
+[[network.rule]]
+name = "no-docker"
+action = "deny"
+unix = ["/run/docker.sock?", "@agk-name"]
+[[network.rule]]
+name = "dev-server"
+action = "allow"
+access = "listen"
+addresses = ["0.0.0.0"]
+ports = [8080]
+"#;
+        let policy = Policy::parse("p.toml", text).unwrap();
+        assert_eq!(policy.egress, Action::Allow);
+        let names: Vec<_> = policy.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "writable",
+                "git",
+                "no-docker",
+                "dev-server",
+                DNS_RESOLVERS_RULE
+            ]
+        );
+        let git = policy.rules[1].net.as_ref().unwrap();
+        assert_eq!(git.hosts, ["git.example.com"]);
+        assert_eq!(git.addresses.len(), 2);
+        assert_eq!(
+            git.ports,
+            [
+                PortRange { lo: 443, hi: 443 },
+                PortRange { lo: 8000, hi: 8100 }
+            ]
+        );
+        assert_eq!(git.protocol, Some(Protocol::Tcp));
+        let docker = &policy.rules[2];
+        assert_eq!(docker.access, Access::Connect);
+        assert_eq!(docker.paths.len(), 1);
+        assert!(docker.paths[0].optional);
+        assert_eq!(
+            docker.net.as_ref().unwrap().abstract_names,
+            [b"agk-name".to_vec()]
+        );
+        assert_eq!(policy.rules[3].access, Access::Listen);
+        let dns = policy.rules[4].net.as_ref().unwrap();
+        assert!(dns.system_resolvers);
+        // Without hosts and with egress closed there is no generated DNS rule.
+        let closed = Policy::parse("p.toml", "[network]\negress = \"deny\"\n").unwrap();
+        assert_eq!(closed.egress, Action::Deny);
+        assert!(closed.rules.iter().all(|r| r.name != DNS_RESOLVERS_RULE));
+        assert_eq!(Policy::parse("p.toml", "").unwrap().egress, Action::Deny);
+    }
+
+    #[test]
+    fn network_rule_errors_are_located_and_all_reported() {
+        let text = r#"[network]
+egress = "open"
+[[network.rule]]
+name = "bad"
+action = "allow"
+addresses = ["192.0.2.1/24", "not-an-address"]
+ports = [70000, "9-1"]
+protocol = "sctp"
+[[network.rule]]
+name = "mixed"
+action = "deny"
+unix = ["/run/docker.sock"]
+ports = [1]
+[[network.rule]]
+name = "listen-hosts"
+action = "allow"
+access = "listen"
+hosts = ["git.example.com"]
+[[network.rule]]
+name = "nothing"
+action = "deny"
+"#;
+        let err = Policy::parse("p.toml", text).unwrap_err();
+        let PolicyError::Several(errors) = &err else {
+            panic!("expected several errors, got {err}");
+        };
+        let at: Vec<(usize, usize)> = errors
+            .iter()
+            .map(|e| {
+                let l = e.location().unwrap();
+                (l.line, l.column)
+            })
+            .collect();
+        assert_eq!(
+            at,
+            [
+                (2, 10),
+                (6, 14),
+                (6, 30),
+                (7, 10),
+                (7, 17),
+                (8, 12),
+                (12, 8),
+                (18, 9),
+                (20, 8)
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("unknown egress default `open`"), "{text}");
+        assert!(text.contains("bits set beyond its /24 prefix"), "{text}");
+        assert!(text.contains("mixes unix sockets"), "{text}");
+        assert!(text.contains("names no destination"), "{text}");
     }
 
     /// Every file shipped in policies/ parses.

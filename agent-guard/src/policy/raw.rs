@@ -12,6 +12,7 @@ pub struct RawPolicy {
     pub filesystem: Option<RawFilesystem>,
     #[serde(default)]
     pub rule: Vec<Spanned<RawRule>>,
+    pub network: Option<RawNetwork>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,4 +33,28 @@ pub struct RawRule {
     pub action: Spanned<String>,
     pub access: Option<Spanned<String>>,
     pub paths: Spanned<Vec<Spanned<String>>>,
+}
+
+/// The `[network]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub egress: Option<Spanned<String>>,
+    #[serde(default)]
+    pub rule: Vec<Spanned<RawNetRule>>,
+}
+
+/// One `[[network.rule]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetRule {
+    pub name: Spanned<String>,
+    pub action: Spanned<String>,
+    pub access: Option<Spanned<String>>,
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Numbers or `"LOW-HIGH"` strings.
+    pub ports: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+    pub protocol: Option<Spanned<String>>,
+    pub unix: Option<Spanned<Vec<Spanned<String>>>>,
 }

@@ -2,11 +2,13 @@
 //! identity the kernel uses for the object it names (device and inode), so the kernel side
 //! never compares strings.
 use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     os::unix::fs::{FileTypeExt as _, MetadataExt as _},
     path::{Path, PathBuf},
 };
 
-use super::{Access, Action, Location, Mode, NameGlob, Policy, PolicyPath, Target};
+use super::{Access, Action, Location, Mode, NameGlob, NetMatch, Policy, PolicyPath, Target};
 
 /// What a session's variables expand to.
 #[derive(Debug, Clone)]
@@ -72,6 +74,8 @@ pub struct RuleSummary {
     pub action: Action,
     pub access: Access,
     pub location: Location,
+    /// What a network rule matches.
+    pub net: Option<NetMatch>,
 }
 
 /// A path rule's object as the kernel will know it.
@@ -107,6 +111,39 @@ pub struct ResolvedPolicy {
     pub patterns: Vec<ResolvedPattern>,
     /// Character devices (kernel rdev; minor 0xfffff means any minor).
     pub devices: Vec<u32>,
+    pub network: ResolvedNetwork,
+}
+
+/// What the network tables are compiled from, besides the rules: the facts of the host
+/// and of DNS at session start (and, for hostnames, at each refresh).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedNetwork {
+    /// `egress = "allow"`.
+    pub egress_allow: bool,
+    /// Addresses of this host's interfaces: refused like loopback unless a rule names them.
+    pub local: Vec<IpAddr>,
+    /// Nameservers of /etc/resolv.conf, for the `dns-resolvers` rule.
+    pub resolvers: Vec<IpAddr>,
+    /// The addresses each hostname of the policy resolved to, when it was last looked up.
+    pub hosts: BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl ResolvedPolicy {
+    /// Every hostname the policy's rules name.
+    pub fn hostnames(&self) -> BTreeSet<String> {
+        self.rules
+            .iter()
+            .filter_map(|r| r.net.as_ref())
+            .flat_map(|n| n.hosts.iter().cloned())
+            .collect()
+    }
+
+    /// Whether some rule needs the nameservers.
+    pub fn needs_resolvers(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.net.as_ref().is_some_and(|n| n.system_resolvers))
+    }
 }
 
 impl ResolvedPolicy {
@@ -190,11 +227,16 @@ impl Policy {
                     action: r.action,
                     access: r.access,
                     location: r.location.clone(),
+                    net: r.net.clone(),
                 })
                 .collect(),
             objects,
             patterns,
             devices,
+            network: ResolvedNetwork {
+                egress_allow: self.egress == Action::Allow,
+                ..ResolvedNetwork::default()
+            },
         })
     }
 }
