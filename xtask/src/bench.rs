@@ -14,6 +14,10 @@
 //!   (ten read-denied name patterns anchored at `/`, as `policies/coding-agent.toml` has, and
 //!   a read-denied directory) / the same in a session of the built-in policy, which has no
 //!   read rule and so never looks at reads: what guarding secrets costs every other read.
+//! - (f) TCP connect+close to a server on loopback that the session's policy allows
+//!   (`egress = "deny"`, one rule for `127.0.0.1` on the server's port), guarded /
+//!   unguarded: what deciding a connection costs. The server (`ag-bench serve-tcp`) runs
+//!   outside every session, started once before the loops. Target: at most 1.05.
 //!
 //! Guarded and unguarded runs alternate, and the median of the repetitions is reported.
 use std::collections::BTreeMap;
@@ -29,6 +33,10 @@ use crate::{
 /// Path entries of the two policies loop (d) compares.
 const RULES_SMALL: usize = 10;
 const RULES_LARGE: usize = 10_000;
+
+/// The loopback port of loop (f)'s server: below the ephemeral range (32768-60999), so no
+/// connection of the other loops can hold it.
+const NET_PORT: u16 = 20_480;
 
 pub fn bench(iterations: u32, repetitions: u32) -> anyhow::Result<()> {
     setup(Verbosity::Quiet)?;
@@ -47,6 +55,34 @@ writable = ["\${{WORKSPACE}}"]
 read_denied = ["/**/.ssh", "/**/.gnupg", "/**/.aws", "/**/.azure", "/**/.kube", "/**/.netrc",
                "/**/.git-credentials", "/**/.pgpass", "/**/.env*", "/**/*.pem", "$B/ws/secret"]
 POLICY
+# (f): the server runs outside every session; the guarded client's policy allows it alone.
+cat > $B/net.toml <<POLICY
+version = 1
+[filesystem]
+writable = ["\${{WORKSPACE}}"]
+[network]
+egress = "deny"
+[[network.rule]]
+name = "bench-server"
+action = "allow"
+addresses = ["127.0.0.1"]
+ports = [{port}]
+protocol = "tcp"
+POLICY
+$BENCH serve-tcp 127.0.0.1 {port} 2>$B/serve.err &
+SERVE=$!
+trap 'kill $SERVE 2>/dev/null || true' EXIT
+for i in $(seq 100); do
+  $BENCH connect-close 127.0.0.1 {port} 1 >/dev/null 2>&1 && break
+  sleep 0.2
+done
+net() {{
+  if out=$(cd $B/ws && $AG run --policy $B/net.toml --events $B/f.jsonl -- $BENCH connect-close 127.0.0.1 {port} $N 2>$B/f.err); then
+    echo "RESULT f-guard $out"
+  else
+    echo "FAILED f-guard $(tail -n 3 $B/f.err | tr '\n' ' ')"
+  fi
+}}
 # (d): loop (a) under policies of {small} and {large} path entries.
 rules() {{
   if out=$(cd "$2" && $AG run --policy "$3" --events $B/$1.jsonl -- $BENCH create-write-unlink "$2" $N 2>$B/$1.err); then
@@ -71,12 +107,16 @@ for r in $(seq {repetitions}); do
   rules d-large "$LARGE" $B/rules-large/policy.toml
   echo "RESULT e-none $(cd $B/ws && $AG run --events $B/e1.jsonl -- $BENCH open-read $B/ws $N 2>/dev/null)"
   echo "RESULT e-reads $(cd $B/ws && $AG run --policy $B/reads.toml --events $B/e2.jsonl -- $BENCH open-read $B/ws $N 2>/dev/null)"
+  echo "RESULT f-base $($BENCH connect-close 127.0.0.1 {port} $N)"
+  net
 done
+kill $SERVE; wait $SERVE || true
 "#,
         ag = release_bin("agent-guard").display(),
         bench = release_bin("ag-bench").display(),
         small = RULES_SMALL,
         large = RULES_LARGE,
+        port = NET_PORT,
     );
     // The guest reads the script from the shared filesystem: passed inline it would travel
     // on the kernel command line, whose 2 KiB limit cuts it short and leaves the guest idle.
@@ -155,17 +195,17 @@ done
         c_guard,
         c_guard / a_base
     );
+    let failed = || {
+        failures
+            .iter()
+            .map(|(key, why)| format!("{key}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     // (d) needs an agent-guard that takes RULES_LARGE entries; one that refuses says why.
     let (d_small, d_large) = match (median("d-small"), median("d-large")) {
         (Ok(small), Ok(large)) => (small, large),
-        _ => bail!(
-            "no samples for (d), the rule-count ratio: {}",
-            failures
-                .iter()
-                .map(|(key, why)| format!("{key}: {why}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
+        _ => bail!("no samples for (d), the rule-count ratio: {}", failed()),
     };
     println!(
         "{:<48} {:>10} {:>10} {:>7}",
@@ -189,6 +229,22 @@ done
         e_none,
         e_reads,
         e_reads / e_none
+    );
+    // (f) needs an agent-guard that takes `[network]`; one that refuses says why.
+    let (f_base, f_guard) = match (median("f-base"), median("f-guard")) {
+        (Ok(base), Ok(guard)) => (base, guard),
+        _ => bail!("no samples for (f), the network ratio: {}", failed()),
+    };
+    println!(
+        "{:<48} {:>10} {:>10} {:>7}",
+        "network", "unguarded", "guarded", "ratio"
+    );
+    println!(
+        "{:<48} {:>10.0} {:>10.0} {:>7.3}",
+        "(f) TCP connect+close, allowed loopback (<= 1.05)",
+        f_base,
+        f_guard,
+        f_guard / f_base
     );
     Ok(())
 }

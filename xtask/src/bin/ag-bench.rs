@@ -8,21 +8,57 @@
 //!
 //! - `open-read`: open DIR/r (which must exist) for reading, read it, close.
 //!
+//! `ag-bench connect-close ADDR PORT ITERATIONS` prints `ns_per_iter=N` for a TCP connect
+//! to ADDR:PORT followed by a close, the loop of the network ratio. `ag-bench serve-tcp ADDR
+//! PORT` is its server: it accepts connections on ADDR:PORT and closes them, until killed.
+//! The bench starts it outside every session, so that only the client is guarded.
+//!
 //! `ag-bench policy ROOT ENTRIES` writes the policies of the rule-count ratio: see
 //! [`rules_policy`].
 use std::{
     fmt::Write as _,
     fs,
     io::Write as _,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     time::Instant,
 };
 
+const USAGE: &str = "usage: ag-bench create-write-unlink|unlink|open-read DIR ITERATIONS
+       ag-bench connect-close ADDR PORT ITERATIONS
+       ag-bench serve-tcp ADDR PORT
+       ag-bench policy ROOT ENTRIES";
+
+fn usage() -> ! {
+    eprintln!("{USAGE}");
+    std::process::exit(2);
+}
+
+/// `ADDR PORT` of the network subcommands.
+fn socket_addr(addr: &str, port: &str) -> SocketAddr {
+    let ip: IpAddr = addr
+        .parse()
+        .unwrap_or_else(|e| panic!("ADDR `{addr}` is an IP address: {e}"));
+    let port: u16 = port
+        .parse()
+        .unwrap_or_else(|e| panic!("PORT `{port}` is a port number: {e}"));
+    SocketAddr::new(ip, port)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 4 {
-        eprintln!("usage: ag-bench create-write-unlink|unlink|open-read DIR ITERATIONS\n       ag-bench policy ROOT ENTRIES");
-        std::process::exit(2);
+    match (args.get(1).map(String::as_str), args.len()) {
+        (Some("serve-tcp"), 4) => serve_tcp(socket_addr(&args[2], &args[3])),
+        (Some("connect-close"), 5) => {
+            let iterations: u32 = args[4].parse().expect("ITERATIONS is a number");
+            let started = Instant::now();
+            connect_close(socket_addr(&args[2], &args[3]), iterations);
+            print_ns_per_iter(started, iterations);
+            return;
+        }
+        (Some("serve-tcp" | "connect-close"), _) => usage(),
+        (_, 4) => {}
+        _ => usage(),
     }
     if args[1] == "policy" {
         let entries: usize = args[3].parse().expect("ENTRIES is a number");
@@ -69,8 +105,55 @@ fn main() {
             std::process::exit(2);
         }
     }
+    print_ns_per_iter(started, iterations);
+}
+
+fn print_ns_per_iter(started: Instant, iterations: u32) {
     let ns = started.elapsed().as_nanos() / u128::from(iterations.max(1));
     println!("ns_per_iter={ns}");
+}
+
+/// The client waits for the server to catch up once per this many connections.
+///
+/// The server's accept queue holds 128 connections (std's `listen` backlog). A client that
+/// runs ahead of it by more (the server descheduled for a moment) has its next SYN dropped
+/// and retried a second later, which would swamp the loop's time. Every `SYNC_EVERY`-th
+/// connection is read to its end: the server closes connections in the order it accepts
+/// them, so that end means every earlier one was accepted, and the queue never holds more
+/// than `SYNC_EVERY`. The wait is the same guarded and unguarded.
+const SYNC_EVERY: u32 = 64;
+
+/// Connects to `server` and closes the connection, `iterations` times. Every connect must
+/// succeed: in the guarded run the policy allows this destination, and a refusal is a
+/// broken benchmark, not a fast one.
+fn connect_close(server: SocketAddr, iterations: u32) {
+    for i in 1..=iterations {
+        let mut stream =
+            TcpStream::connect(server).unwrap_or_else(|e| panic!("connect {i} to {server}: {e}"));
+        if i % SYNC_EVERY == 0 {
+            let mut byte = [0u8; 1];
+            let read = std::io::Read::read(&mut stream, &mut byte)
+                .unwrap_or_else(|e| panic!("wait for {server} to close connection {i}: {e}"));
+            assert_eq!(read, 0, "the server sends nothing");
+        }
+        drop(stream);
+    }
+}
+
+/// Accepts connections on `addr` and closes each at once, forever.
+fn serve_tcp(addr: SocketAddr) -> ! {
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen on {addr}: {e}"));
+    serve(&listener)
+}
+
+fn serve(listener: &TcpListener) -> ! {
+    loop {
+        // A client that gave up before the accept (ECONNABORTED) or a transient shortage
+        // must not stop the server the other runs depend on.
+        if let Err(e) = listener.accept() {
+            eprintln!("ag-bench serve-tcp: accept: {e}");
+        }
+    }
 }
 
 /// Path entries every generated policy has, whatever its size: the chain the loop runs
@@ -136,6 +219,14 @@ fn rules_policy(root: &Path, entries: usize) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_close_reaches_the_server_every_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        std::thread::spawn(move || serve(&listener));
+        connect_close(server, 200);
+    }
 
     #[test]
     fn rules_policy_has_exactly_the_entries_asked_for() {
