@@ -138,6 +138,9 @@ pub const RULE_LISTEN: u32 = 12;
 pub const RULE_RAW_SOCKET: u32 = 13;
 /// An abstract unix socket no rule names.
 pub const RULE_ABSTRACT_UNIX: u32 = 14;
+/// An IP socket of a protocol that can reach a destination without passing the connect and
+/// send hooks (SCTP connects through setsockopt).
+pub const RULE_UNCHECKED_PROTOCOL: u32 = 15;
 /// Rule codes from here up name a rule of the session's policy: `rule - RULE_POLICY_BASE`
 /// is its index in the policy's rule list. Codes below are the built-in reasons above.
 pub const RULE_POLICY_BASE: u32 = 0x100;

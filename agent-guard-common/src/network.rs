@@ -39,6 +39,9 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
+/// SCTP: `sctp_connectx` and its kin connect through setsockopt(2), which no connect or
+/// send hook sees, so sessions get no SCTP sockets.
+pub const PROTO_SCTP: u8 = 132;
 
 /// Address families (`AF_*`) events carry.
 pub const AF_UNIX: u16 = 1;

@@ -11,8 +11,8 @@
 use agent_guard_common::{
     is_loopback, mapped_v4, AbstractKey, NetKey, ACCESS_CONNECT, ACTION_ALLOW, ACTION_DENY,
     AF_INET, AF_INET6, AF_PACKET, AF_UNIX, EPERM, NET_SESSION_BITS, OP_BIND, OP_CONNECT, OP_LISTEN,
-    OP_SEND, OP_SOCKET, RULE_ABSTRACT_UNIX, RULE_EGRESS_DEFAULT, RULE_LISTEN, RULE_RAW_SOCKET,
-    RULE_UNRESOLVED, SOCK_RAW,
+    OP_SEND, OP_SOCKET, PROTO_SCTP, RULE_ABSTRACT_UNIX, RULE_EGRESS_DEFAULT, RULE_LISTEN,
+    RULE_RAW_SOCKET, RULE_UNCHECKED_PROTOCOL, RULE_UNRESOLVED, SOCK_RAW,
 };
 use aya_ebpf::{
     helpers::generated::bpf_probe_read_kernel,
@@ -191,8 +191,9 @@ fn local_address(session: u32, op: u32, at: &Endpoint, protocol: u16, ty: u16, a
 }
 
 /// `socket_create(int family, int type, int protocol, int kern)`: no raw IP sockets and no
-/// packet sockets, which could forge or capture any traffic. Netlink sockets (also
-/// `SOCK_RAW`) stay allowed: `ip` and the resolver's address checks need them.
+/// packet sockets, which could forge or capture any traffic, and no SCTP sockets, which
+/// connect through setsockopt where no hook here looks. Netlink sockets (also `SOCK_RAW`)
+/// stay allowed: `ip` and the resolver's address checks need them.
 #[lsm(hook = "socket_create")]
 pub fn socket_create(ctx: LsmContext) -> i32 {
     let (session, allow) = match enter(&ctx, 4) {
@@ -205,12 +206,19 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     let kern: i32 = ctx.arg(3);
     let ty = ty & SOCK_TYPE_MASK;
     let ip = family == i32::from(AF_INET) || family == i32::from(AF_INET6);
-    if kern != 0 || !(family == i32::from(AF_PACKET) || (ip && ty == i32::from(SOCK_RAW))) {
+    if kern != 0 {
         return allow;
     }
+    let rule = if family == i32::from(AF_PACKET) || (ip && ty == i32::from(SOCK_RAW)) {
+        RULE_RAW_SOCKET
+    } else if ip && protocol == i32::from(PROTO_SCTP) {
+        RULE_UNCHECKED_PROTOCOL
+    } else {
+        return allow;
+    };
     let finding = net_finding(
         OP_SOCKET,
-        RULE_RAW_SOCKET,
+        rule,
         family as u16,
         protocol as u16,
         ty as u16,

@@ -263,6 +263,15 @@ pub enum SessionMapError {
     },
 }
 
+/// The error for a failed write of `map` for `session`.
+fn write_failed(map: &'static str, session: u32) -> impl Fn(MapError) -> SessionMapError {
+    move |source| SessionMapError::Write {
+        map,
+        session,
+        source,
+    }
+}
+
 /// Totals of the per-CPU counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -406,13 +415,7 @@ impl Guard {
         session: u32,
         policy: &ResolvedPolicy,
     ) -> Result<(), SessionMapError> {
-        let write = |map: &'static str| {
-            move |source| SessionMapError::Write {
-                map,
-                session,
-                source,
-            }
-        };
+        let write = |map: &'static str| write_failed(map, session);
         let mode = match policy.mode {
             Mode::Enforce => MODE_ENFORCE,
             Mode::Audit => MODE_AUDIT,
@@ -478,13 +481,7 @@ impl Guard {
         old: &NetTables,
         new: &NetTables,
     ) -> Result<(), SessionMapError> {
-        let write = |map: &'static str| {
-            move |source| SessionMapError::Write {
-                map,
-                session,
-                source,
-            }
-        };
+        let write = |map: &'static str| write_failed(map, session);
         let key = |&(addr, bits): &Prefix| {
             Key::new(
                 NET_SESSION_BITS + u32::from(bits),

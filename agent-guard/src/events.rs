@@ -15,11 +15,11 @@ use agent_guard_common::{
     OP_FORK, OP_LINK, OP_LISTEN, OP_MKDIR, OP_MMAP, OP_MOUNT, OP_OPEN_WRITE, OP_PIVOT_ROOT,
     OP_PTRACE, OP_READ, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SEND, OP_SETXATTR, OP_SIGNAL,
     OP_SOCKET, OP_SYMLINK, OP_TRUNCATE, OP_UMOUNT, OP_UNLINK, OP_UTIMES, OP_WRITE, PATH_EXE,
-    PATH_TARGET, PATH_TARGET2, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RULE_ABSTRACT_UNIX,
-    RULE_EGRESS_DEFAULT, RULE_LISTEN, RULE_LOCAL_DESTINATION, RULE_MOUNT, RULE_MULTI_LINK,
-    RULE_NO_BPF, RULE_OUTSIDE_SCOPE, RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP, RULE_POLICY_BASE,
-    RULE_RAW_SOCKET, RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL, RULE_UNRESOLVED, SOCK_DGRAM,
-    SOCK_RAW, SOCK_SEQPACKET, SOCK_STREAM,
+    PATH_TARGET, PATH_TARGET2, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    RULE_ABSTRACT_UNIX, RULE_EGRESS_DEFAULT, RULE_LISTEN, RULE_LOCAL_DESTINATION, RULE_MOUNT,
+    RULE_MULTI_LINK, RULE_NO_BPF, RULE_OUTSIDE_SCOPE, RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP,
+    RULE_POLICY_BASE, RULE_RAW_SOCKET, RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL,
+    RULE_UNCHECKED_PROTOCOL, RULE_UNRESOLVED, SOCK_DGRAM, SOCK_RAW, SOCK_SEQPACKET, SOCK_STREAM,
 };
 use serde::Serialize;
 
@@ -122,6 +122,7 @@ pub fn rule_name(rule: u32) -> Result<&'static str, DecodeError> {
         RULE_LISTEN => "listen-not-allowed",
         RULE_RAW_SOCKET => "raw-socket",
         RULE_ABSTRACT_UNIX => "abstract-unix-socket",
+        RULE_UNCHECKED_PROTOCOL => "unchecked-protocol",
         value => {
             return Err(DecodeError::Unknown {
                 field: "rule",
@@ -199,6 +200,7 @@ fn protocol_name(protocol: u16) -> String {
         Ok(PROTO_UDP) => "udp".into(),
         Ok(PROTO_ICMP) => "icmp".into(),
         Ok(PROTO_ICMPV6) => "icmpv6".into(),
+        Ok(PROTO_SCTP) => "sctp".into(),
         _ => protocol.to_string(),
     }
 }
@@ -225,7 +227,8 @@ impl NetDetails {
         };
         Self {
             family: family_name(h.family),
-            protocol: (ip || op == OP_SOCKET).then(|| protocol_name(h.protocol)),
+            // A packet socket's protocol is an ethertype, not an IP protocol: left out.
+            protocol: ip.then(|| protocol_name(h.protocol)),
             socket_type: (!ip || op == OP_SOCKET).then(|| socket_type_name(h.socket_type)),
             address: (ip && op != OP_SOCKET).then_some(address),
             port: (ip && op != OP_SOCKET).then_some(h.port),

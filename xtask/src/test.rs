@@ -108,7 +108,9 @@ pub fn test() -> anyhow::Result<()> {
             agent_guard_bin().display(),
             suite.display()
         );
-        let counts = match vm::run(&kernel, None, &script, series, 40 * 60) {
+        // About 15 minutes per kernel on an idle machine (software emulation); the bound
+        // leaves room for a busy one within CI's 90 minutes.
+        let counts = match vm::run(&kernel, None, &script, series, 50 * 60) {
             Ok(run) => {
                 let counts = parse_results(&run.output);
                 if !run.success {

@@ -102,6 +102,7 @@ pub const BUILTIN_REASONS: &[&str] = &[
     "listen-not-allowed",
     "raw-socket",
     "abstract-unix-socket",
+    "unchecked-protocol",
 ];
 
 /// Longest rule name.

@@ -220,13 +220,19 @@ mod tests {
     use super::*;
     use crate::policy::{Policy, SessionContext};
 
-    fn tables(text: &str, local: &[&str]) -> (ResolvedPolicy, NetTables) {
-        let policy = Policy::parse("p.toml", text).unwrap();
+    fn resolved(text: &str) -> ResolvedPolicy {
         let ctx = SessionContext {
             workspace: std::env::temp_dir(),
             home: None,
         };
-        let mut resolved = policy.resolve(&ctx).unwrap();
+        Policy::parse("p.toml", text)
+            .unwrap()
+            .resolve(&ctx)
+            .unwrap()
+    }
+
+    fn tables(text: &str, local: &[&str]) -> (ResolvedPolicy, NetTables) {
+        let mut resolved = resolved(text);
         resolved.network.local = local.iter().map(|a| a.parse().unwrap()).collect();
         let t = compile_network(&resolved).unwrap();
         (resolved, t)
@@ -352,12 +358,7 @@ action = "allow"
 hosts = ["git.example.com"]
 ports = [443]
 "#;
-        let policy = Policy::parse("p.toml", text).unwrap();
-        let ctx = SessionContext {
-            workspace: std::env::temp_dir(),
-            home: None,
-        };
-        let mut p = policy.resolve(&ctx).unwrap();
+        let mut p = resolved(text);
         assert!(p.needs_resolvers());
         p.network.resolvers = vec!["127.0.0.53".parse().unwrap()];
         p.network.hosts.insert(
@@ -389,12 +390,7 @@ ports = [443]
             "[[network.rule]]\nname = \"many\"\naction = \"allow\"\naddresses = [\"192.0.2.0/24\"]\nports = [{}]\n",
             ports.join(", ")
         );
-        let policy = Policy::parse("p.toml", &text).unwrap();
-        let ctx = SessionContext {
-            workspace: std::env::temp_dir(),
-            home: None,
-        };
-        let err = compile_network(&policy.resolve(&ctx).unwrap()).unwrap_err();
+        let err = compile_network(&resolved(&text)).unwrap_err();
         assert!(err.to_string().contains("192.0.2.0/24"), "{err}");
     }
 }
