@@ -20,6 +20,10 @@
 //! Writes through descriptors the session inherited, shared writable mappings, times,
 //! unmounting, pivot_root and the remaining io_uring operations in `coverage`.
 //!
+//! The network row in `network`, against real servers (loopback, this host's end of a veth
+//! pair, a network namespace at the other end) and a real dnsmasq, with the fixtures in
+//! `netfix`.
+//!
 //! Fixtures live under /tmp (an overlayfs in the virtme-ng guest).
 //!
 //! The modules sit in `tests/kernel/` and are named with `#[path]`: files next to this one
@@ -31,6 +35,8 @@ mod events;
 mod expect;
 #[path = "kernel/fixture.rs"]
 mod fixture;
+#[path = "kernel/netfix.rs"]
+mod netfix;
 #[path = "kernel/script.rs"]
 mod script;
 #[path = "kernel/session.rs"]
@@ -52,6 +58,8 @@ mod io_uring;
 mod language;
 #[path = "kernel/lifecycle.rs"]
 mod lifecycle;
+#[path = "kernel/network.rs"]
+mod network;
 #[path = "kernel/operations.rs"]
 mod operations;
 #[path = "kernel/protected.rs"]
@@ -67,4 +75,11 @@ mod rule {
     pub const NO_MOUNT: &str = "no-mount";
     pub const TOO_DEEP: &str = "path-too-deep";
     pub const PROTECTED: &str = "protected";
+    // Network (issue #4).
+    pub const EGRESS_DEFAULT: &str = "egress-default";
+    pub const LOCAL_DESTINATION: &str = "local-destination";
+    pub const LISTEN_NOT_ALLOWED: &str = "listen-not-allowed";
+    pub const RAW_SOCKET: &str = "raw-socket";
+    pub const ABSTRACT_UNIX: &str = "abstract-unix-socket";
+    pub const UNCHECKED_PROTOCOL: &str = "unchecked-protocol";
 }

@@ -1,6 +1,6 @@
-//! `ag-probe`: performs exactly one filesystem operation with raw system calls and says how
-//! the kernel answered. The kernel-tier tests run it inside guarded sessions (and outside
-//! them, as the bystander that must not be affected).
+//! `ag-probe`: performs exactly one filesystem or network operation with raw system calls
+//! and says how the kernel answered. The kernel-tier tests run it inside guarded sessions
+//! (and outside them, as the bystander that must not be affected).
 //!
 //! ```text
 //! ag-probe OP ARGS...
@@ -9,7 +9,9 @@
 //! It prints one line, `RESULT pid=PID ppid=PPID`, where RESULT is `ok` or the errno name
 //! (`EPERM`, `ENOENT`, ...), and exits 0 for `ok`, 1 for EPERM, 2 for any other errno and
 //! 64 for a usage error. The pid and ppid let a test find the event the kernel reported
-//! for this very process.
+//! for this very process. An operation of several steps names the step that failed when it
+//! is not the one under test (`listen` refused at its bind: `bind:EPERM`), and a few add
+//! `key=value` words after the ppid (`resolve`: `addresses=A,B`).
 //!
 //! Raw system calls rather than `std::fs`, so that each operation is one syscall the test
 //! names (std may retry, fall back or add flags).
@@ -80,6 +82,41 @@ Through a descriptor FD inherited open for writing (O_RDWR for the mappings):
   uring-exchange A B          IORING_OP_RENAMEAT with RENAME_EXCHANGE
   uring-setxattr PATH NAME VALUE   IORING_OP_SETXATTR
   uring-fsetxattr PATH NAME VALUE  open(2) PATH O_RDONLY, then IORING_OP_FSETXATTR
+Network (ADDR: an IPv4 literal, on an AF_INET socket, or an IPv6 one, ::ffff:a.b.c.d
+included, on an AF_INET6 socket; TARGET: a unix socket PATH, or @NAME for an abstract one;
+TEXT: sent once connected, so that the server can tell who reached it):
+  connect tcp|udp ADDR PORT [TEXT]
+                              connect(2) (TCP: at most 10 s for the handshake, ETIMEDOUT
+                              after), then send(2) TEXT (failure: send:ERRNO)
+  uring-connect tcp|udp ADDR PORT [TEXT]   IORING_OP_CONNECT, then as connect
+  sendto udp ADDR PORT TEXT   sendto(2) on an unconnected UDP socket
+  sendmsg udp ADDR PORT TEXT  sendmsg(2) with the address in msg_name
+  uring-sendmsg udp ADDR PORT TEXT   IORING_OP_SENDMSG with the address
+  connected-sendto udp ADDR PORT TO_ADDR TO_PORT TEXT
+                              connect(2) to ADDR (failure: connect:ERRNO), then sendto(2)
+                              TO_ADDR, which overrides the connected peer
+  bind tcp|udp ADDR PORT      bind(2)
+  listen ADDR PORT            bind(2) (failure: bind:ERRNO), then listen(2) on TCP
+  listen-unbound [4|6]        listen(2) on a TCP socket never bound (AF_INET by default)
+  unix-connect TARGET [TEXT]  connect(2) a stream socket, then send(2) TEXT
+  unix-seqpacket-connect TARGET [TEXT]   the same with a seqpacket socket
+  unix-sendto TARGET TEXT     sendto(2) on an unbound datagram socket
+  unix-dgram-connect TARGET TEXT   connect(2) a datagram socket (failure: connect:ERRNO),
+                              then send(2) TEXT
+  socketpair                  socketpair(2) stream, dgram and seqpacket, a byte through each
+                              (failure: TYPE:ERRNO)
+  socket KIND                 socket(2) only; KIND: raw4 (AF_INET SOCK_RAW IPPROTO_ICMP),
+                              raw6 (AF_INET6 SOCK_RAW IPPROTO_ICMPV6), packet (AF_PACKET
+                              SOCK_RAW ETH_P_ALL), packet-dgram, netlink (NETLINK_ROUTE), ping
+                              (AF_INET SOCK_DGRAM IPPROTO_ICMP), ping6, sctp4 (AF_INET
+                              SOCK_STREAM IPPROTO_SCTP), sctp6 (AF_INET6 SOCK_SEQPACKET
+                              IPPROTO_SCTP), tcp4, tcp6, udp4, udp6, unix
+  uring-socket KIND           IORING_OP_SOCKET
+  resolve NAME                getaddrinfo(3), any family; prints addresses=A,B,... (failure:
+                              the EAI_ name)
+  connect-name tcp|udp NAME PORT [TEXT]
+                              getaddrinfo(3) (failure: resolve:EAI_...), then connect to
+                              the first address as connect does; prints address=A
   daemon RESULT DELAY_MS OP ARGS...
                               double fork + setsid, detach from stdio, wait DELAY_MS, run OP
                               and write its result line to the new file RESULT";
@@ -95,26 +132,49 @@ const FIXED_TIME: libc::time_t = 1_000_000_000;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
-/// An errno, as returned by a failed system call.
+/// An errno, as returned by a failed system call; negative for a getaddrinfo(3) error
+/// (`EAI_*`, which glibc numbers below zero).
 type Errno = i32;
+
+/// What one operation reports.
+struct Report {
+    outcome: Result<(), Errno>,
+    /// The step that failed, when it is not the system call under test.
+    step: Option<&'static str>,
+    /// `key=value` words printed after the pid fields.
+    detail: String,
+}
+
+impl From<Result<(), Errno>> for Report {
+    fn from(outcome: Result<(), Errno>) -> Self {
+        Self {
+            outcome,
+            step: None,
+            detail: String::new(),
+        }
+    }
+}
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let outcome = match perform(&args) {
-        Some(outcome) => outcome,
+    let report = match perform(&args) {
+        Some(report) => report,
         None => {
             eprintln!("{USAGE}");
             std::process::exit(64);
         }
     };
-    println!("{}", result_line(outcome));
-    std::process::exit(exit_code(outcome));
+    println!("{}", result_line(&report));
+    std::process::exit(exit_code(report.outcome));
 }
 
 /// Runs the operation named by `args`; `None` for a usage error.
-fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
+fn perform(args: &[OsString]) -> Option<Report> {
     let (op, rest) = args.split_first()?;
     let op = op.to_str()?;
+    if net::OPS.contains(&op) {
+        return net::perform(op, rest);
+    }
     if op == "daemon" {
         let (result, rest) = rest.split_first()?;
         let (delay, op) = rest.split_first()?;
@@ -123,7 +183,7 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
         if op.is_empty() || op[0] == "daemon" {
             return None;
         }
-        return Some(daemon(&cstr(result), delay, op));
+        return Some(daemon(&cstr(result), delay, op).into());
     }
     let arity = match op {
         "memfd" => 0,
@@ -147,7 +207,7 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
     let a: Vec<CString> = rest.iter().map(|arg| cstr(arg)).collect();
     // The descriptor argument of the `*-fd` operations: the last one.
     let fd = || -> Option<libc::c_int> { rest.last()?.to_str()?.parse().ok() };
-    Some(match op {
+    let outcome = match op {
         "unlink" => unlink(&a[0]),
         "rmdir" => rmdir(&a[0]),
         "rename" => rename(&a[0], &a[1], 0),
@@ -229,21 +289,28 @@ fn perform(args: &[OsString]) -> Option<Result<(), Errno>> {
             uring_fsetxattr(fd, &a[1], &a[2])
         }),
         _ => return None,
-    })
+    };
+    Some(outcome.into())
 }
 
 fn cstr(s: &OsStr) -> CString {
     CString::new(s.as_bytes()).expect("arguments cannot contain NUL bytes")
 }
 
-fn result_line(outcome: Result<(), Errno>) -> String {
+fn result_line(report: &Report) -> String {
     // SAFETY: getpid and getppid cannot fail.
     let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
-    let result = match outcome {
-        Ok(()) => "ok".to_owned(),
-        Err(errno) => errno_name(errno),
+    let result = match (report.outcome, report.step) {
+        (Ok(()), _) => "ok".to_owned(),
+        (Err(errno), None) => errno_name(errno),
+        (Err(errno), Some(step)) => format!("{step}:{}", errno_name(errno)),
     };
-    format!("{result} pid={pid} ppid={ppid}")
+    let mut line = format!("{result} pid={pid} ppid={ppid}");
+    if !report.detail.is_empty() {
+        line.push(' ');
+        line.push_str(&report.detail);
+    }
+    line
 }
 
 fn exit_code(outcome: Result<(), Errno>) -> i32 {
@@ -278,6 +345,39 @@ fn errno_name(errno: Errno) -> String {
         libc::ELOOP => "ELOOP",
         libc::EOPNOTSUPP => "EOPNOTSUPP",
         libc::ENXIO => "ENXIO",
+        libc::EPROTO => "EPROTO",
+        libc::EIO => "EIO",
+        libc::EPIPE => "EPIPE",
+        libc::ENOTSOCK => "ENOTSOCK",
+        libc::EDESTADDRREQ => "EDESTADDRREQ",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::EPROTOTYPE => "EPROTOTYPE",
+        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
+        libc::ESOCKTNOSUPPORT => "ESOCKTNOSUPPORT",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::EISCONN => "EISCONN",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::EALREADY => "EALREADY",
+        libc::EINPROGRESS => "EINPROGRESS",
+        libc::EAI_BADFLAGS => "EAI_BADFLAGS",
+        libc::EAI_NONAME => "EAI_NONAME",
+        libc::EAI_AGAIN => "EAI_AGAIN",
+        libc::EAI_FAIL => "EAI_FAIL",
+        libc::EAI_NODATA => "EAI_NODATA",
+        libc::EAI_FAMILY => "EAI_FAMILY",
+        libc::EAI_SOCKTYPE => "EAI_SOCKTYPE",
+        libc::EAI_SERVICE => "EAI_SERVICE",
+        libc::EAI_MEMORY => "EAI_MEMORY",
+        libc::EAI_OVERFLOW => "EAI_OVERFLOW",
+        other if other < 0 => return format!("EAI-{}", -other),
         other => return format!("errno-{other}"),
     };
     name.to_owned()
@@ -828,8 +928,9 @@ fn daemon(result: &CString, delay: Duration, op: &[OsString]) -> Result<(), Errn
         }
     }
     std::thread::sleep(delay);
-    let outcome = perform(op).unwrap_or(Err(libc::EINVAL));
-    let line = format!("{}\n", result_line(outcome));
+    let report = perform(op).unwrap_or_else(|| Err(libc::EINVAL).into());
+    let outcome = report.outcome;
+    let line = format!("{}\n", result_line(&report));
     if let Ok(fd) = open(result, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) {
         let _ = write_all(fd, line.as_bytes());
         close(fd);
@@ -837,4 +938,663 @@ fn daemon(result: &CString, delay: Duration, op: &[OsString]) -> Result<(), Errn
     let _ = std::io::stdout().flush();
     // SAFETY: leaving the grandchild without running the parent's exit path twice.
     unsafe { libc::_exit(exit_code(outcome)) }
+}
+
+/// The network operations: each decides one connect, send, bind, listen or socket creation,
+/// on sockets made for it.
+mod net {
+    use std::{
+        ffi::{CString, OsString},
+        net::{IpAddr, Ipv4Addr, Ipv6Addr},
+        os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        time::Duration,
+    };
+
+    use io_uring::{opcode, types};
+
+    use super::{check, uring, Errno, Report};
+
+    /// The operations this module performs.
+    pub const OPS: &[&str] = &[
+        "connect",
+        "uring-connect",
+        "sendto",
+        "sendmsg",
+        "uring-sendmsg",
+        "connected-sendto",
+        "bind",
+        "listen",
+        "listen-unbound",
+        "unix-connect",
+        "unix-seqpacket-connect",
+        "unix-sendto",
+        "unix-dgram-connect",
+        "socketpair",
+        "socket",
+        "uring-socket",
+        "resolve",
+        "connect-name",
+    ];
+
+    /// How long a TCP handshake may take before the probe gives up (ETIMEDOUT).
+    const HANDSHAKE: Duration = Duration::from_secs(10);
+
+    /// A failed step: its name (`None`: the system call under test) and errno.
+    type Failed = (Option<&'static str>, Errno);
+    type Step<T> = Result<T, Failed>;
+
+    /// The system call under test.
+    fn own<T>(result: Result<T, Errno>) -> Step<T> {
+        result.map_err(|errno| (None, errno))
+    }
+
+    /// A step on the way to the system call under test.
+    fn step<T>(name: &'static str, result: Result<T, Errno>) -> Step<T> {
+        result.map_err(|errno| (Some(name), errno))
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Proto {
+        Tcp,
+        Udp,
+    }
+
+    impl Proto {
+        fn parse(text: &str) -> Option<Self> {
+            match text {
+                "tcp" => Some(Self::Tcp),
+                "udp" => Some(Self::Udp),
+                _ => None,
+            }
+        }
+
+        fn socket_type(self) -> libc::c_int {
+            match self {
+                Self::Tcp => libc::SOCK_STREAM,
+                Self::Udp => libc::SOCK_DGRAM,
+            }
+        }
+
+        fn number(self) -> libc::c_int {
+            match self {
+                Self::Tcp => libc::IPPROTO_TCP,
+                Self::Udp => libc::IPPROTO_UDP,
+            }
+        }
+    }
+
+    /// A socket address as the kernel takes it.
+    struct Addr {
+        storage: libc::sockaddr_storage,
+        len: libc::socklen_t,
+    }
+
+    impl Addr {
+        fn zeroed() -> Self {
+            Self {
+                // SAFETY: all-zero bytes are a valid sockaddr_storage.
+                storage: unsafe { std::mem::zeroed() },
+                len: 0,
+            }
+        }
+
+        /// An IPv4 literal on AF_INET, any IPv6 literal (mapped ones too) on AF_INET6.
+        fn ip(addr: &str, port: &str) -> Option<Self> {
+            let ip: IpAddr = addr.parse().ok()?;
+            let port: u16 = port.parse().ok()?;
+            let mut a = Self::zeroed();
+            let base = (&mut a.storage as *mut libc::sockaddr_storage).cast::<u8>();
+            match ip {
+                IpAddr::V4(v4) => {
+                    let sin = libc::sockaddr_in {
+                        sin_family: libc::AF_INET as libc::sa_family_t,
+                        sin_port: port.to_be(),
+                        sin_addr: libc::in_addr {
+                            s_addr: u32::from(v4).to_be(),
+                        },
+                        sin_zero: [0; 8],
+                    };
+                    // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                    unsafe { base.cast::<libc::sockaddr_in>().write(sin) };
+                    a.len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                }
+                IpAddr::V6(v6) => {
+                    let sin6 = libc::sockaddr_in6 {
+                        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                        sin6_port: port.to_be(),
+                        sin6_flowinfo: 0,
+                        sin6_addr: libc::in6_addr {
+                            s6_addr: v6.octets(),
+                        },
+                        sin6_scope_id: 0,
+                    };
+                    // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                    unsafe { base.cast::<libc::sockaddr_in6>().write(sin6) };
+                    a.len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+                }
+            }
+            Some(a)
+        }
+
+        /// `PATH`, or `@NAME` for an abstract name (no trailing NUL, as std writes it).
+        fn unix(target: &str) -> Option<Self> {
+            let mut a = Self::zeroed();
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_un.
+            let sun = unsafe {
+                &mut *(&mut a.storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_un>()
+            };
+            sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            let (bytes, abstract_name) = match target.strip_prefix('@') {
+                Some(name) => (name.as_bytes(), true),
+                None => (target.as_bytes(), false),
+            };
+            let offset = usize::from(abstract_name);
+            // Room for the leading NUL of an abstract name or the trailing one of a path.
+            if bytes.is_empty() || bytes.len() + 1 > sun.sun_path.len() || bytes.contains(&0) {
+                return None;
+            }
+            for (i, b) in bytes.iter().enumerate() {
+                sun.sun_path[offset + i] = *b as libc::c_char;
+            }
+            let path_offset = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+            a.len = (path_offset + bytes.len() + 1) as libc::socklen_t;
+            Some(a)
+        }
+
+        fn family(&self) -> libc::c_int {
+            libc::c_int::from(self.storage.ss_family)
+        }
+
+        fn ptr(&self) -> *const libc::sockaddr {
+            (&self.storage as *const libc::sockaddr_storage).cast()
+        }
+
+        fn ptr_mut(&mut self) -> *mut libc::sockaddr {
+            (&mut self.storage as *mut libc::sockaddr_storage).cast()
+        }
+    }
+
+    /// The address of an AF_INET or AF_INET6 `sockaddr`, as Rust displays it.
+    ///
+    /// # Safety
+    /// `sa` points at a sockaddr of its family's size.
+    unsafe fn ip_of(sa: *const libc::sockaddr) -> Option<IpAddr> {
+        // SAFETY: the caller guarantees the size that goes with the family read first.
+        unsafe {
+            match libc::c_int::from((*sa).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*sa.cast::<libc::sockaddr_in>();
+                    Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into())
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*sa.cast::<libc::sockaddr_in6>();
+                    Some(Ipv6Addr::from(sin6.sin6_addr.s6_addr).into())
+                }
+                _ => None,
+            }
+        }
+    }
+
+    fn socket(
+        domain: libc::c_int,
+        ty: libc::c_int,
+        protocol: libc::c_int,
+    ) -> Result<OwnedFd, Errno> {
+        // SAFETY: socket(2) returns a new descriptor, which OwnedFd then owns.
+        let fd = check(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) }.into())?;
+        // SAFETY: a descriptor just returned by socket(2), owned by no one else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+
+    fn set_nonblocking(fd: RawFd, on: bool) -> Result<(), Errno> {
+        // SAFETY: fcntl(2) on a descriptor this process owns.
+        let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) }.into())? as libc::c_int;
+        let flags = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        // SAFETY: as above.
+        check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }.into()).map(drop)
+    }
+
+    /// connect(2); for TCP without blocking, then waiting at most [`HANDSHAKE`] for the
+    /// handshake, so that a silent destination cannot hang the probe.
+    fn connect_fd(fd: RawFd, addr: &Addr, wait: bool) -> Result<(), Errno> {
+        if !wait {
+            // SAFETY: a valid address of the given length.
+            return check(unsafe { libc::connect(fd, addr.ptr(), addr.len) }.into()).map(drop);
+        }
+        set_nonblocking(fd, true)?;
+        // SAFETY: a valid address of the given length.
+        match check(unsafe { libc::connect(fd, addr.ptr(), addr.len) }.into()) {
+            Ok(_) => {}
+            Err(libc::EINPROGRESS) => {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                let ready =
+                    check(unsafe { libc::poll(&mut pfd, 1, HANDSHAKE.as_millis() as i32) }.into())?;
+                if ready == 0 {
+                    return Err(libc::ETIMEDOUT);
+                }
+                let mut error: libc::c_int = 0;
+                let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: SO_ERROR into an int of the given length.
+                check(
+                    unsafe {
+                        libc::getsockopt(
+                            fd,
+                            libc::SOL_SOCKET,
+                            libc::SO_ERROR,
+                            (&mut error as *mut libc::c_int).cast(),
+                            &mut len,
+                        )
+                    }
+                    .into(),
+                )?;
+                if error != 0 {
+                    return Err(error);
+                }
+            }
+            Err(errno) => return Err(errno),
+        }
+        set_nonblocking(fd, false)
+    }
+
+    /// Sends `text` on a connected socket; a stream is then shut for writing, so that the
+    /// server reads the text to its end.
+    fn send_text(fd: RawFd, text: &str, stream: bool) -> Result<(), Errno> {
+        // SAFETY: sending from a valid buffer.
+        let sent =
+            check(
+                unsafe { libc::send(fd, text.as_ptr().cast(), text.len(), libc::MSG_NOSIGNAL) }
+                    as libc::c_long,
+            )?;
+        if sent as usize != text.len() {
+            return Err(libc::EIO);
+        }
+        if stream {
+            // SAFETY: shutdown(2) of a connected socket.
+            check(unsafe { libc::shutdown(fd, libc::SHUT_WR) }.into())?;
+        }
+        Ok(())
+    }
+
+    fn sendto_fd(fd: RawFd, text: &str, to: &Addr) -> Result<(), Errno> {
+        // SAFETY: a valid buffer and a valid address of the given length.
+        let sent = check(unsafe {
+            libc::sendto(
+                fd,
+                text.as_ptr().cast(),
+                text.len(),
+                libc::MSG_NOSIGNAL,
+                to.ptr(),
+                to.len,
+            )
+        } as libc::c_long)?;
+        if sent as usize == text.len() {
+            Ok(())
+        } else {
+            Err(libc::EIO)
+        }
+    }
+
+    /// A msghdr carrying `text` to `to`; both must outlive its use.
+    fn msghdr(text: &str, to: &Addr, iov: &mut libc::iovec) -> libc::msghdr {
+        *iov = libc::iovec {
+            iov_base: text.as_ptr().cast_mut().cast(),
+            iov_len: text.len(),
+        };
+        // SAFETY: all-zero bytes are a valid msghdr (no name, no data, no control).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = to.ptr().cast_mut().cast();
+        msg.msg_namelen = to.len;
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 1;
+        msg
+    }
+
+    /// The connect operations: `connect`, `uring-connect`, and `connect-name` after its
+    /// lookup.
+    fn connect(proto: Proto, addr: &Addr, text: Option<&str>, via_uring: bool) -> Step<()> {
+        let sock = step(
+            "socket",
+            socket(addr.family(), proto.socket_type(), proto.number()),
+        )?;
+        let fd = sock.as_raw_fd();
+        if via_uring {
+            let entry = opcode::Connect::new(types::Fd(fd), addr.ptr(), addr.len).build();
+            own(uring(entry).map(drop))?;
+        } else {
+            own(connect_fd(fd, addr, proto == Proto::Tcp))?;
+        }
+        if let Some(text) = text {
+            step("send", send_text(fd, text, proto == Proto::Tcp))?;
+        }
+        Ok(())
+    }
+
+    fn udp_socket(to: &Addr) -> Step<OwnedFd> {
+        step(
+            "socket",
+            socket(to.family(), libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+        )
+    }
+
+    fn sendto(to: &Addr, text: &str) -> Step<()> {
+        let sock = udp_socket(to)?;
+        own(sendto_fd(sock.as_raw_fd(), text, to))
+    }
+
+    fn sendmsg(to: &Addr, text: &str, via_uring: bool) -> Step<()> {
+        let sock = udp_socket(to)?;
+        let fd = sock.as_raw_fd();
+        let mut iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let msg = msghdr(text, to, &mut iov);
+        let sent = if via_uring {
+            own(uring(opcode::SendMsg::new(types::Fd(fd), &msg).build()).map(i64::from))?
+        } else {
+            // SAFETY: a msghdr whose name and data outlive the call.
+            own(check(
+                unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) } as libc::c_long,
+            ))?
+        };
+        if sent as usize == text.len() {
+            Ok(())
+        } else {
+            own(Err(libc::EIO))
+        }
+    }
+
+    fn connected_sendto(peer: &Addr, to: &Addr, text: &str) -> Step<()> {
+        let sock = udp_socket(peer)?;
+        let fd = sock.as_raw_fd();
+        step("connect", connect_fd(fd, peer, false))?;
+        own(sendto_fd(fd, text, to))
+    }
+
+    fn bind_fd(fd: RawFd, addr: &Addr) -> Result<(), Errno> {
+        // SAFETY: a valid address of the given length.
+        check(unsafe { libc::bind(fd, addr.ptr(), addr.len) }.into()).map(drop)
+    }
+
+    fn listen_fd(fd: RawFd) -> Result<(), Errno> {
+        // SAFETY: listen(2) on a descriptor this process owns.
+        check(unsafe { libc::listen(fd, 16) }.into()).map(drop)
+    }
+
+    fn bind(proto: Proto, addr: &Addr) -> Step<()> {
+        let sock = step(
+            "socket",
+            socket(addr.family(), proto.socket_type(), proto.number()),
+        )?;
+        own(bind_fd(sock.as_raw_fd(), addr))
+    }
+
+    fn listen(addr: &Addr) -> Step<()> {
+        let sock = step("socket", socket(addr.family(), libc::SOCK_STREAM, 0))?;
+        step("bind", bind_fd(sock.as_raw_fd(), addr))?;
+        own(listen_fd(sock.as_raw_fd()))
+    }
+
+    fn listen_unbound(domain: libc::c_int) -> Step<()> {
+        let sock = step("socket", socket(domain, libc::SOCK_STREAM, 0))?;
+        own(listen_fd(sock.as_raw_fd()))
+    }
+
+    /// A stream or seqpacket connect to a unix socket, then `text`.
+    fn unix_connect(ty: libc::c_int, to: &Addr, text: Option<&str>) -> Step<()> {
+        let sock = step("socket", socket(libc::AF_UNIX, ty, 0))?;
+        let fd = sock.as_raw_fd();
+        own(connect_fd(fd, to, false))?;
+        if let Some(text) = text {
+            step("send", send_text(fd, text, ty == libc::SOCK_STREAM))?;
+        }
+        Ok(())
+    }
+
+    fn unix_sendto(to: &Addr, text: &str) -> Step<()> {
+        let sock = step("socket", socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0))?;
+        own(sendto_fd(sock.as_raw_fd(), text, to))
+    }
+
+    fn unix_dgram_connect(to: &Addr, text: &str) -> Step<()> {
+        let sock = step("socket", socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0))?;
+        let fd = sock.as_raw_fd();
+        step("connect", connect_fd(fd, to, false))?;
+        own(send_text(fd, text, false))
+    }
+
+    /// Unnamed peers: a byte each way through a stream, a datagram and a seqpacket pair.
+    fn socketpair() -> Step<()> {
+        let types: [(&'static str, libc::c_int); 3] = [
+            ("stream", libc::SOCK_STREAM),
+            ("dgram", libc::SOCK_DGRAM),
+            ("seqpacket", libc::SOCK_SEQPACKET),
+        ];
+        for (name, ty) in types {
+            let mut fds = [0; 2];
+            // SAFETY: socketpair(2) fills the two descriptors, which OwnedFd then owns.
+            step(
+                name,
+                check(
+                    unsafe {
+                        libc::socketpair(
+                            libc::AF_UNIX,
+                            ty | libc::SOCK_CLOEXEC,
+                            0,
+                            fds.as_mut_ptr(),
+                        )
+                    }
+                    .into(),
+                ),
+            )?;
+            // SAFETY: descriptors just returned by socketpair(2).
+            let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            step(name, send_text(a.as_raw_fd(), "x", false))?;
+            let mut byte = [0u8; 1];
+            // SAFETY: reading into a valid one-byte buffer.
+            let got = step(
+                name,
+                check(
+                    unsafe { libc::recv(b.as_raw_fd(), byte.as_mut_ptr().cast(), 1, 0) }
+                        as libc::c_long,
+                ),
+            )?;
+            if got != 1 || byte[0] != b'x' {
+                return step(name, Err(libc::EIO));
+            }
+        }
+        Ok(())
+    }
+
+    /// `(domain, type, protocol)` of a `socket KIND`.
+    fn socket_kind(kind: &str) -> Option<(libc::c_int, libc::c_int, libc::c_int)> {
+        let eth_p_all = libc::c_int::from((libc::ETH_P_ALL as u16).to_be());
+        Some(match kind {
+            "raw4" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+            "raw6" => (libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6),
+            "packet" => (libc::AF_PACKET, libc::SOCK_RAW, eth_p_all),
+            "packet-dgram" => (libc::AF_PACKET, libc::SOCK_DGRAM, eth_p_all),
+            "netlink" => (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE),
+            "ping" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+            "ping6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
+            "sctp4" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+            "sctp6" => (libc::AF_INET6, libc::SOCK_SEQPACKET, libc::IPPROTO_SCTP),
+            "tcp4" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP),
+            "tcp6" => (libc::AF_INET6, libc::SOCK_STREAM, libc::IPPROTO_TCP),
+            "udp4" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+            "udp6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+            "unix" => (libc::AF_UNIX, libc::SOCK_STREAM, 0),
+            _ => return None,
+        })
+    }
+
+    fn create(kind: (libc::c_int, libc::c_int, libc::c_int), via_uring: bool) -> Step<()> {
+        let (domain, ty, protocol) = kind;
+        if via_uring {
+            let entry = opcode::Socket::new(domain, ty | libc::SOCK_CLOEXEC, protocol).build();
+            let fd = own(uring(entry))?;
+            // SAFETY: a descriptor just created by IORING_OP_SOCKET.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            Ok(())
+        } else {
+            own(socket(domain, ty, protocol).map(drop))
+        }
+    }
+
+    /// getaddrinfo(3) of `name` (and `port`, when given) for `socktype`: the addresses in
+    /// the order it gives them, each once.
+    fn lookup(name: &str, port: Option<&str>, socktype: libc::c_int) -> Result<Vec<Addr>, Errno> {
+        let node = CString::new(name).map_err(|_| libc::EINVAL)?;
+        let service = port
+            .map(|p| CString::new(p).map_err(|_| libc::EINVAL))
+            .transpose()?;
+        // SAFETY: all-zero bytes are valid hints (no flags, any family and protocol).
+        let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+        hints.ai_family = libc::AF_UNSPEC;
+        hints.ai_socktype = socktype;
+        hints.ai_flags = if port.is_some() {
+            libc::AI_NUMERICSERV
+        } else {
+            0
+        };
+        let mut list: *mut libc::addrinfo = std::ptr::null_mut();
+        // SAFETY: valid strings (or null) and hints; the list is freed below.
+        let rc = unsafe {
+            libc::getaddrinfo(
+                node.as_ptr(),
+                service.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+                &hints,
+                &mut list,
+            )
+        };
+        if rc == libc::EAI_SYSTEM {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO));
+        }
+        if rc != 0 {
+            return Err(rc);
+        }
+        let mut found: Vec<Addr> = Vec::new();
+        let mut seen: Vec<IpAddr> = Vec::new();
+        let mut entry = list;
+        while !entry.is_null() {
+            // SAFETY: a node of the list getaddrinfo returned; its address has ai_addrlen
+            // bytes, at most a sockaddr_storage.
+            unsafe {
+                let ai = &*entry;
+                let len = ai.ai_addrlen as usize;
+                if let Some(ip) = ip_of(ai.ai_addr) {
+                    if !seen.contains(&ip) && len <= size_of::<libc::sockaddr_storage>() {
+                        seen.push(ip);
+                        let mut addr = Addr::zeroed();
+                        std::ptr::copy_nonoverlapping(
+                            ai.ai_addr.cast::<u8>(),
+                            addr.ptr_mut().cast::<u8>(),
+                            len,
+                        );
+                        addr.len = ai.ai_addrlen;
+                        found.push(addr);
+                    }
+                }
+                entry = ai.ai_next;
+            }
+        }
+        // SAFETY: the list getaddrinfo returned, freed once.
+        unsafe { libc::freeaddrinfo(list) };
+        Ok(found)
+    }
+
+    fn display(addr: &Addr) -> String {
+        // SAFETY: an address getaddrinfo filled in, of its family's size.
+        unsafe { ip_of(addr.ptr()) }.map_or_else(|| "?".to_owned(), |ip| ip.to_string())
+    }
+
+    fn resolve(name: &str) -> Step<String> {
+        let found = own(lookup(name, None, libc::SOCK_STREAM))?;
+        let list: Vec<String> = found.iter().map(display).collect();
+        Ok(format!("addresses={}", list.join(",")))
+    }
+
+    fn connect_name(proto: Proto, name: &str, port: &str, text: Option<&str>) -> Step<String> {
+        let found = step("resolve", lookup(name, Some(port), proto.socket_type()))?;
+        let first = found.first().ok_or((Some("resolve"), libc::EAI_NODATA))?;
+        connect(proto, first, text, false)?;
+        Ok(format!("address={}", display(first)))
+    }
+
+    pub fn perform(op: &str, rest: &[OsString]) -> Option<Report> {
+        let args: Vec<&str> = rest.iter().map(|a| a.to_str()).collect::<Option<_>>()?;
+        let ip = |addr: &str, port: &str| Addr::ip(addr, port);
+        let done = |r: Step<()>| r.map(|()| String::new());
+        let result: Step<String> = match (op, args.as_slice()) {
+            ("connect" | "uring-connect", [proto, addr, port, text @ ..]) if text.len() <= 1 => {
+                done(connect(
+                    Proto::parse(proto)?,
+                    &ip(addr, port)?,
+                    text.first().copied(),
+                    op == "uring-connect",
+                ))
+            }
+            ("sendto", ["udp", addr, port, text]) => done(sendto(&ip(addr, port)?, text)),
+            ("sendmsg" | "uring-sendmsg", ["udp", addr, port, text]) => {
+                done(sendmsg(&ip(addr, port)?, text, op == "uring-sendmsg"))
+            }
+            ("connected-sendto", ["udp", addr, port, to_addr, to_port, text]) => done(
+                connected_sendto(&ip(addr, port)?, &ip(to_addr, to_port)?, text),
+            ),
+            ("bind", [proto, addr, port]) => done(bind(Proto::parse(proto)?, &ip(addr, port)?)),
+            ("listen", [addr, port]) => done(listen(&ip(addr, port)?)),
+            ("listen-unbound", []) | ("listen-unbound", ["4"]) => {
+                done(listen_unbound(libc::AF_INET))
+            }
+            ("listen-unbound", ["6"]) => done(listen_unbound(libc::AF_INET6)),
+            ("unix-connect", [target, text @ ..]) if text.len() <= 1 => done(unix_connect(
+                libc::SOCK_STREAM,
+                &Addr::unix(target)?,
+                text.first().copied(),
+            )),
+            ("unix-seqpacket-connect", [target, text @ ..]) if text.len() <= 1 => {
+                done(unix_connect(
+                    libc::SOCK_SEQPACKET,
+                    &Addr::unix(target)?,
+                    text.first().copied(),
+                ))
+            }
+            ("unix-sendto", [target, text]) => done(unix_sendto(&Addr::unix(target)?, text)),
+            ("unix-dgram-connect", [target, text]) => {
+                done(unix_dgram_connect(&Addr::unix(target)?, text))
+            }
+            ("socketpair", []) => done(socketpair()),
+            ("socket" | "uring-socket", [kind]) => {
+                done(create(socket_kind(kind)?, op == "uring-socket"))
+            }
+            ("resolve", [name]) => resolve(name),
+            ("connect-name", [proto, name, port, text @ ..]) if text.len() <= 1 => {
+                connect_name(Proto::parse(proto)?, name, port, text.first().copied())
+            }
+            _ => return None,
+        };
+        Some(match result {
+            Ok(detail) => Report {
+                outcome: Ok(()),
+                step: None,
+                detail,
+            },
+            Err((step, errno)) => Report {
+                outcome: Err(errno),
+                step,
+                detail: String::new(),
+            },
+        })
+    }
 }

@@ -25,6 +25,21 @@ pub struct Event {
     pub errno: u32,
     pub errno_name: Option<String>,
     pub path_truncated: bool,
+    /// Network events (`connect`, `send`, `bind`, `listen`, `socket`): `inet`, `inet6`,
+    /// `unix` or `packet`. Absent from the others, as are the fields below.
+    pub family: Option<String>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `sctp` or the protocol number (inet and inet6, the
+    /// op `socket` of an IP socket included).
+    pub protocol: Option<String>,
+    /// `stream`, `dgram`, `seqpacket`, `raw`... (unix, and the op `socket`).
+    pub socket_type: Option<String>,
+    /// The peer or local address, as Rust displays it (inet and inet6).
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    /// The socket file's path, or `@name` for an abstract socket (unix).
+    pub socket_path: Option<String>,
+    /// The hostname of the deciding `hosts` rule that resolved to `address`.
+    pub hostname: Option<String>,
 }
 
 /// The events file: decisions, and the number of events reported lost.
@@ -119,6 +134,17 @@ impl Event {
             path_truncated: o
                 .get("path_truncated")
                 .is_some_and(|v| v == &Value::Bool(true)),
+            family: optional_str("family"),
+            protocol: optional_str("protocol"),
+            socket_type: optional_str("socket_type"),
+            address: optional_str("address"),
+            port: o.get("port").map(|v| {
+                v.as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or_else(|| panic!("`port` is not a port number: {line}"))
+            }),
+            socket_path: optional_str("socket_path"),
+            hostname: optional_str("hostname"),
         }
     }
 }
