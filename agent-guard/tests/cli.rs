@@ -267,3 +267,122 @@ fn policy_explain_names_the_deciding_rule() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("takes two paths"));
 }
+
+/// `policy explain` of network operations: the most specific block that speaks for the port
+/// decides, loopback needs a rule that names it, listening needs a listen rule, abstract
+/// sockets need a name, and a target that is no address is a usage error.
+#[test]
+fn policy_explain_decides_network_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("net.toml");
+    std::fs::write(
+        &policy,
+        r#"[network]
+egress = "deny"
+[[network.rule]]
+name = "lan"
+action = "deny"
+addresses = ["10.0.0.0/8"]
+[[network.rule]]
+name = "build-host"
+action = "allow"
+addresses = ["10.1.2.3"]
+ports = [443]
+protocol = "tcp"
+[[network.rule]]
+name = "db"
+action = "audit"
+addresses = ["127.0.0.1"]
+ports = [5432]
+[[network.rule]]
+name = "dev-server"
+action = "allow"
+access = "listen"
+addresses = ["0.0.0.0"]
+ports = [8080]
+[[network.rule]]
+name = "x11"
+action = "allow"
+unix = ["@/tmp/.X11-unix/X0"]
+"#,
+    )
+    .unwrap();
+    let explain = |args: &[&str]| {
+        agent_guard()
+            .current_dir(dir.path())
+            .args(["policy", "explain", "--format", "json", "--policy"])
+            .arg(&policy)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let said = |args: &[&str]| {
+        let out = explain(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v["decision"].as_str().unwrap().to_owned(),
+            v["rule"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let is = |d: &str, r: &str| (d.to_owned(), r.to_owned());
+    let cases: &[(&[&str], (String, String))] = &[
+        (
+            &["--op", "connect", "10.1.2.3:443"],
+            is("allow", "build-host"),
+        ),
+        (
+            &["--op", "connect", "--protocol", "udp", "10.1.2.3:443"],
+            is("deny", "lan"),
+        ),
+        (&["--op", "connect", "10.9.9.9:443"], is("deny", "lan")),
+        (
+            &["--op", "send", "[::ffff:10.1.2.3]:443"],
+            is("allow", "build-host"),
+        ),
+        (
+            &["--op", "connect", "192.0.2.1:443"],
+            is("deny", "egress-default"),
+        ),
+        (&["--op", "connect", "127.0.0.1:5432"], is("audit", "db")),
+        (
+            &["--op", "connect", "127.0.0.1:5433"],
+            is("deny", "local-destination"),
+        ),
+        (
+            &["--op", "connect", "[::]:5432"],
+            is("deny", "local-destination"),
+        ),
+        (&["--op", "bind", "127.0.0.1:9"], is("allow", "")),
+        (
+            &["--op", "listen", "0.0.0.0:8080"],
+            is("allow", "dev-server"),
+        ),
+        (
+            &["--op", "listen", "0.0.0.0:8081"],
+            is("deny", "listen-not-allowed"),
+        ),
+        (
+            &["--op", "connect", "@/tmp/.X11-unix/X0"],
+            is("allow", "x11"),
+        ),
+        (
+            &["--op", "connect", "@other"],
+            is("deny", "abstract-unix-socket"),
+        ),
+    ];
+    for (args, expected) in cases {
+        assert_eq!(&said(args), expected, "{args:?}");
+    }
+    let out = explain(&["--op", "connect", "not-an-address"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ADDRESS:PORT"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
