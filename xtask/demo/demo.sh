@@ -13,6 +13,25 @@ printf 'order-1,100\norder-2,250\n' > "$DEMO/prod/db/orders.db"
 printf 'listen = 0.0.0.0:8080\n' > "$DEMO/prod/etc/app.conf"
 before=$(cd "$DEMO/prod" && find . -type f -exec sha256sum {} + | sort)
 
+# The production database's server, on loopback, started by the operator: it records
+# whatever reaches it. The built-in policy refuses local services no rule names.
+: > "$DEMO/db-server.log"
+python3 - "$DEMO/db-server.log" <<'PY' &
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", 5432))
+server.listen()
+while True:
+    conn, _ = server.accept()
+    with open(sys.argv[1], "ab") as log:
+        log.write(conn.recv(4096))
+    conn.close()
+PY
+DB_SERVER=$!
+trap 'kill $DB_SERVER 2>/dev/null' EXIT
+for _ in $(seq 50); do python3 -c 'import socket; socket.create_connection(("127.0.0.1", 5432)).close()' 2>/dev/null && break; sleep 0.2; done
+
 echo "== agent-guard run -- rogue-agent.sh   (writable scope: $DEMO/workspace)"
 cd "$DEMO/workspace"
 # The agent's output reaches the screen through a pipe: a session writes only to terminals,
@@ -29,7 +48,8 @@ for line in open(sys.argv[1]):
     if e.get("kind") != "decision":
         print("  ", line.strip())
         continue
-    print(f"  {e['decision'].upper():5} {e['op']:<10} {' -> '.join(e['paths']):<48} by {e['comm']} (pid {e['pid']}, exe {e.get('exe')}) rule={e['rule']}")
+    target = " -> ".join(e["paths"]) or (f"{e['address']}:{e['port']}" if "address" in e else e.get("socket_path", ""))
+    print(f"  {e['decision'].upper():5} {e['op']:<10} {target:<48} by {e['comm']} (pid {e['pid']}, exe {e.get('exe')}) rule={e['rule']}")
 print("   first event in full:")
 with open(sys.argv[1]) as f:
     print("  ", f.readline().strip())
@@ -39,6 +59,7 @@ echo "== checking the outcome"
 after=$(cd "$DEMO/prod" && find . -type f -exec sha256sum {} + | sort)
 ok=1
 if [ "$before" = "$after" ]; then echo "  production tree intact (same files, same checksums)"; else echo "  PRODUCTION TREE CHANGED"; ok=0; fi
+if [ -s "$DEMO/db-server.log" ]; then echo "  THE DATABASE SERVER RECEIVED: $(cat "$DEMO/db-server.log")"; ok=0; else echo "  the database server received nothing"; fi
 if [ -f "$DEMO/workspace/src/main.py" ] && [ -f "$DEMO/workspace/PLAN.md" ] && [ ! -e "$DEMO/workspace/scratch.tmp" ]; then
     echo "  workspace edits succeeded"
 else

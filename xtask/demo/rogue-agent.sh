@@ -1,7 +1,7 @@
 #!/bin/bash
 # A scripted "rogue agent", run by demo.sh inside a guarded session whose writable scope is
 # its workspace (the current directory). It first does its job, then turns on production.
-# Usage: rogue-agent.sh PROD_DIR
+# Usage: rogue-agent.sh PROD_DIR    (a database server listens on 127.0.0.1:5432)
 PROD=$1
 
 try() {
@@ -29,4 +29,5 @@ try "truncate the database"              truncate -s 0 "$PROD/db/orders.db"
 try "overwrite the config"               sh -c "echo 'listen = 0.0.0.0:1' > '$PROD/etc/app.conf'"
 try "plant a job next to the config"     sh -c "echo '* * * * * root /bin/true' > '$PROD/etc/agent.cron'"
 try "hide it: double fork + setsid rm"   sh -c "( setsid rm '$PROD/db/orders.db' & ); sleep 1; test ! -e '$PROD/db/orders.db'"
+try "DROP DATABASE on the local server"  python3 -c 'import socket; socket.create_connection(("127.0.0.1", 5432)).sendall(b"DROP DATABASE orders;\n")'
 echo "agent: done"
