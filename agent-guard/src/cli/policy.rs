@@ -8,7 +8,7 @@ use crate::{
     network::{dns, local_addresses, Hostnames},
     policy::{
         explain, explain_network, net_compile::compile_network, Explanation, NetQuery, Op, Policy,
-        Protocol, ResolvedPolicy, SessionContext, Target,
+        Protocol, ResolvedPolicy, SessionContext, Target, SELF_PROTECTION_RULE,
     },
 };
 
@@ -112,13 +112,17 @@ fn show(file: Option<&Path>) -> i32 {
     }
     println!("mode: {}", policy.mode.as_str());
     println!("rules (nearest to the target decides; at the same level deny > audit > allow):");
-    for (index, rule) in policy.rules.iter().enumerate() {
+    for (index, rule) in policy.effective_rules().iter().enumerate() {
         println!(
             "  {}: {} {} ({})",
             rule.name,
             rule.action.as_str(),
             rule.access.as_str(),
-            rule.location
+            if rule.name == SELF_PROTECTION_RULE {
+                "built in: agent-guard's own files, in every session".to_owned()
+            } else {
+                rule.location.to_string()
+            }
         );
         let rule_index = index as u16;
         for object in resolved.objects.iter().filter(|o| o.rule == rule_index) {

@@ -26,6 +26,7 @@ use super::{
     kernel_dev,
     net_compile::{compile_network, NetLimitError, NetTables},
     network::Cidr,
+    self_protection::SELF_PROTECTION_RULE,
     Mode, Protocol, ResolvedPolicy,
 };
 
@@ -256,6 +257,23 @@ fn chain(path: &Path, follow: bool, whole: bool) -> Result<Chain, ExplainError> 
     Ok(Chain { levels, paths })
 }
 
+/// What `compiled` says about `access` to the object at `path` (which exists), resolved as
+/// open(2) would, and the path the deciding rule is attached at. The combination checks of
+/// the mandatory base policy and self-protection use it.
+pub(super) fn decide_at(
+    compiled: &Compiled,
+    access: u32,
+    path: &Path,
+) -> Result<(Decided, Option<PathBuf>), ExplainError> {
+    let c = chain(path, true, true)?;
+    let decided = compiled.decide(access, &c.levels, false);
+    let at = decided
+        .level
+        .filter(|_| decided.rule >= RULE_POLICY_BASE)
+        .and_then(|level| c.paths.get(level).cloned());
+    Ok((decided, at))
+}
+
 /// The stronger of two answers; the first on a tie.
 fn stronger(a: Decided, b: Decided) -> (Decided, bool) {
     if b.action > a.action {
@@ -329,15 +347,22 @@ pub fn explain(
         paths,
         decision,
         rule,
-        written_at: rule_index
-            .and_then(|i| policy.rules.get(i as usize))
-            .map(|r| r.location.to_string()),
+        written_at: rule_index.and_then(|i| written_at(policy, i)),
         attached_at: rule_index
             .and(decided.level)
             .and_then(|level| chain.paths.get(level))
             .map(|p| p.display().to_string()),
         errno,
     })
+}
+
+/// Where policy rule `index` is written; nowhere for the built-in self-protection.
+fn written_at(policy: &ResolvedPolicy, index: u32) -> Option<String> {
+    policy
+        .rules
+        .get(index as usize)
+        .filter(|r| r.name != SELF_PROTECTION_RULE)
+        .map(|r| r.location.to_string())
 }
 
 /// The name of the rule that decided: a policy rule's or a built-in reason; none when
@@ -453,8 +478,7 @@ pub fn explain_network(
         rule: rule_label(policy, action, code),
         written_at: code
             .checked_sub(RULE_POLICY_BASE)
-            .and_then(|i| policy.rules.get(i as usize))
-            .map(|r| r.location.to_string()),
+            .and_then(|i| written_at(policy, i)),
         attached_at,
         errno: (denied && policy.mode == Mode::Enforce).then_some("EPERM"),
     })

@@ -36,6 +36,7 @@
 //! ports = [443, "8000-8100"]
 //! protocol = "tcp"
 //! ```
+pub mod combine;
 pub mod compile;
 mod error;
 mod explain;
@@ -44,6 +45,7 @@ pub mod network;
 mod pattern;
 mod raw;
 mod resolve;
+pub mod self_protection;
 
 use std::{
     cell::RefCell,
@@ -56,6 +58,7 @@ use agent_guard_common::{
     MAX_NAME_PATTERNS, MAX_POLICY_PATHS, MAX_POLICY_RULES,
 };
 
+pub use combine::{combine, CombineError, BASE_POLICY_PATH, BASE_RULE_PREFIX};
 pub use error::{Location, PolicyError};
 pub use explain::{explain, explain_network, ExplainError, Explanation, NetQuery, Op};
 pub use network::{Cidr, NetMatch, PortRange, Protocol};
@@ -64,6 +67,7 @@ pub use resolve::{
     any_minor, kernel_dev, ResolveError, ResolvedNetwork, ResolvedObject, ResolvedPattern,
     ResolvedPolicy, RuleSummary, SessionContext,
 };
+pub use self_protection::{SelfProtected, SELF_PROTECTED, SELF_PROTECTION_RULE};
 
 /// The policy built into the binary, used when `--policy` is not given.
 pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.toml");
@@ -606,6 +610,7 @@ fn rule_name(name: &toml::Spanned<String>, invalid: &Invalid) -> Result<String, 
         PROTECTED_RULE,
         READ_DENIED_RULE,
         DNS_RESOLVERS_RULE,
+        SELF_PROTECTION_RULE,
     ]
     .contains(&text.as_str())
         || BUILTIN_REASONS.contains(&text.as_str())
@@ -613,7 +618,7 @@ fn rule_name(name: &toml::Spanned<String>, invalid: &Invalid) -> Result<String, 
         return Err(invalid(
             name.span(),
             format!("the rule name `{text}` is reserved"),
-            "`writable`, `protected` and `read-denied` name the [filesystem] lists, `dns-resolvers` the generated DNS rule, and the built-in reasons name themselves; pick another name",
+            "`writable`, `protected` and `read-denied` name the [filesystem] lists, `dns-resolvers` the generated DNS rule, `self-protection` the built-in rule that guards agent-guard's own files, and the built-in reasons name themselves; pick another name",
         ));
     }
     Ok(text.clone())
@@ -907,13 +912,13 @@ fn merge(file: &str, chain: Vec<String>, layers: Vec<Layer>) -> Result<Policy, P
         message,
         hint: hint.into(),
     };
-    if rules.len() > MAX_POLICY_RULES {
+    // The built-in self-protection rules and paths take their share of the tables.
+    let max_rules = MAX_POLICY_RULES - self_protection::SELF_PROTECTION_RULES;
+    let max_paths = MAX_POLICY_PATHS - SELF_PROTECTED.len();
+    if rules.len() > max_rules {
         return Err(limit(
-            &rules[MAX_POLICY_RULES].location,
-            format!(
-                "{} rules; at most {MAX_POLICY_RULES} are supported",
-                rules.len()
-            ),
+            &rules[max_rules].location,
+            format!("{} rules; at most {max_rules} are supported", rules.len()),
             "merge rules that share an action and access into one rule with more paths",
         ));
     }
@@ -922,10 +927,10 @@ fn merge(file: &str, chain: Vec<String>, layers: Vec<Layer>) -> Result<Policy, P
     for rule in &rules {
         for entry in &rule.paths {
             paths += 1;
-            if paths > MAX_POLICY_PATHS {
+            if paths > max_paths {
                 return Err(limit(
                     &entry.location,
-                    format!("more than {MAX_POLICY_PATHS} paths; the kernel table holds at most {MAX_POLICY_PATHS} per policy"),
+                    format!("more than {max_paths} paths; the kernel table holds at most {MAX_POLICY_PATHS} per session, {} of them for the built-in self-protection", SELF_PROTECTED.len()),
                     "list parent directories instead of many siblings, or use a name pattern",
                 ));
             }
@@ -1085,7 +1090,10 @@ mod tests {
             "[filesystem]\nprotected = [{}]\n",
             list.join(", ")
         ));
-        assert!(message.contains("more than 16384 paths"), "{message}");
+        assert!(
+            message.contains("paths; the kernel table holds at most 16384"),
+            "{message}"
+        );
     }
 
     #[test]

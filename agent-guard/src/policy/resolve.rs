@@ -8,7 +8,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{Access, Action, Location, Mode, NameGlob, NetMatch, Policy, PolicyPath, Target};
+use super::{
+    self_protection, Access, Action, Location, Mode, NameGlob, NetMatch, Policy, PolicyPath, Rule,
+    Target,
+};
 
 /// What a session's variables expand to.
 #[derive(Debug, Clone)]
@@ -65,6 +68,49 @@ pub enum ResolveError {
     NotADevice { location: Location, path: PathBuf },
     #[error("{location}: `{text}` expands to a path longer than the kernel side renders (4095 bytes)\n  hint: name a shorter path, such as a parent directory")]
     TooLong { location: Location, text: String },
+    /// A rule the session may not have: it would lift the built-in self-protection, or a
+    /// refusal of the mandatory base policy.
+    #[error("{location}: {message}\n  hint: {hint}")]
+    Refused {
+        location: Location,
+        message: String,
+        hint: String,
+    },
+    /// More than one problem, in the order of the rules.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ResolveError>),
+}
+
+impl ResolveError {
+    /// One problem as itself, several as [`ResolveError::Several`].
+    pub fn several(mut problems: Vec<ResolveError>) -> Self {
+        if problems.len() == 1 {
+            problems.remove(0)
+        } else {
+            Self::Several(problems)
+        }
+    }
+
+    /// Each problem on its own.
+    pub fn flatten(self) -> Vec<ResolveError> {
+        match self {
+            Self::Several(problems) => problems.into_iter().flat_map(Self::flatten).collect(),
+            other => vec![other],
+        }
+    }
+
+    /// Where the (first) problem is.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            Self::UnsetVariable { location, .. }
+            | Self::BadVariable { location, .. }
+            | Self::Missing { location, .. }
+            | Self::NotADevice { location, .. }
+            | Self::TooLong { location, .. }
+            | Self::Refused { location, .. } => Some(location),
+            Self::Several(problems) => problems.first().and_then(Self::location),
+        }
+    }
 }
 
 /// A rule as events and `policy explain` name it.
@@ -172,46 +218,84 @@ const TERMINAL_MAJORS: [u32; 10] = [4, 5, 136, 137, 138, 139, 140, 141, 142, 143
 impl Policy {
     /// Expands variables and resolves every path, at session start. Every path must exist:
     /// a rule is attached to an object, not to a name that may appear later.
+    ///
+    /// The session's rules come after the built-in [`SELF_PROTECTION_RULE`] rules (which
+    /// take the first rule indices), and a policy whose rules would lift them is refused.
+    /// Every problem is reported ([`ResolveError::Several`]), not just the first.
     pub fn resolve(&self, ctx: &SessionContext) -> Result<ResolvedPolicy, ResolveError> {
+        self.resolve_with(ctx, &self_protection::rules())
+    }
+
+    /// [`Policy::resolve`] with `builtin` as the self-protection rules (tests pass rules
+    /// on their own directories).
+    pub(crate) fn resolve_with(
+        &self,
+        ctx: &SessionContext,
+        builtin: &[Rule],
+    ) -> Result<ResolvedPolicy, ResolveError> {
+        let rules: Vec<Rule> = builtin.iter().chain(&self.rules).cloned().collect();
+        let resolved = self.resolve_rules(ctx, &rules)?;
+        let ceiling = resolved.only_rules(builtin.len());
+        let problems = super::combine::lifted(&ceiling, &resolved, &rules, builtin.len(), false);
+        if problems.is_empty() {
+            Ok(resolved)
+        } else {
+            Err(ResolveError::several(problems))
+        }
+    }
+
+    /// Resolves `rules` (the effective list, built-in rules included) with this policy's
+    /// settings, collecting every problem.
+    pub(crate) fn resolve_rules(
+        &self,
+        ctx: &SessionContext,
+        rules: &[Rule],
+    ) -> Result<ResolvedPolicy, ResolveError> {
+        let mut problems = Vec::new();
         let mut objects = Vec::new();
         let mut patterns = Vec::new();
-        for (index, entry) in self.entries() {
+        let entries = rules
+            .iter()
+            .enumerate()
+            .flat_map(|(i, rule)| rule.paths.iter().map(move |p| (i, p)));
+        for (index, entry) in entries {
             let rule = index as u16;
             match &entry.target {
-                Target::Object(text) => {
-                    let Some((path, meta)) = optional(expand_and_stat(text, entry, ctx), entry)?
-                    else {
-                        continue;
-                    };
-                    objects.push(object(rule, &entry.text, path, &meta));
-                }
+                Target::Object(text) => match optional(expand_and_stat(text, entry, ctx), entry) {
+                    Ok(Some((path, meta))) => objects.push(object(rule, &entry.text, path, &meta)),
+                    Ok(None) => {}
+                    Err(e) => problems.push(e),
+                },
                 Target::Names { tree, name } => {
-                    let Some((path, meta)) = optional(expand_and_stat(tree, entry, ctx), entry)?
-                    else {
-                        continue;
-                    };
-                    patterns.push(ResolvedPattern {
-                        rule,
-                        text: entry.text.clone(),
-                        tree: object(rule, &entry.text, path, &meta),
-                        name: name.clone(),
-                    });
+                    match optional(expand_and_stat(tree, entry, ctx), entry) {
+                        Ok(Some((path, meta))) => patterns.push(ResolvedPattern {
+                            rule,
+                            text: entry.text.clone(),
+                            tree: object(rule, &entry.text, path, &meta),
+                            name: name.clone(),
+                        }),
+                        Ok(None) => {}
+                        Err(e) => problems.push(e),
+                    }
                 }
             }
         }
         let mut devices = Vec::new();
         for entry in &self.writable_devices {
-            let Some((path, meta)) = optional(expand_and_stat(&entry.text, entry, ctx), entry)?
-            else {
-                continue;
-            };
-            if !meta.file_type().is_char_device() {
-                return Err(ResolveError::NotADevice {
-                    location: entry.location.clone(),
-                    path,
-                });
+            match optional(expand_and_stat(&entry.text, entry, ctx), entry) {
+                Ok(Some((path, meta))) if !meta.file_type().is_char_device() => {
+                    problems.push(ResolveError::NotADevice {
+                        location: entry.location.clone(),
+                        path,
+                    })
+                }
+                Ok(Some((_, meta))) => devices.push(kernel_dev(meta.rdev())),
+                Ok(None) => {}
+                Err(e) => problems.push(e),
             }
-            devices.push(kernel_dev(meta.rdev()));
+        }
+        if !problems.is_empty() {
+            return Err(ResolveError::several(problems));
         }
         if self.terminals {
             devices.extend(TERMINAL_MAJORS.iter().map(|&major| any_minor(major)));
@@ -219,8 +303,7 @@ impl Policy {
         Ok(ResolvedPolicy {
             source: self.source.clone(),
             mode: self.mode,
-            rules: self
-                .rules
+            rules: rules
                 .iter()
                 .map(|r| RuleSummary {
                     name: r.name.clone(),
@@ -239,34 +322,48 @@ impl Policy {
             },
         })
     }
+
+    /// The rules of a session as it runs: the built-in self-protection rules, then the
+    /// policy's own. Rule indices of [`ResolvedPolicy`] (and so of events) index this list.
+    pub fn effective_rules(&self) -> Vec<Rule> {
+        self_protection::rules()
+            .into_iter()
+            .chain(self.rules.iter().cloned())
+            .collect()
+    }
+
+    /// Every problem a session started with `ctx` would meet, not just the first.
+    pub fn problems(&self, ctx: &SessionContext) -> Vec<ResolveError> {
+        match self.resolve(ctx) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.flatten(),
+        }
+    }
 }
 
-impl Policy {
-    /// Every path problem a session started with `ctx` would meet, not just the first.
-    pub fn problems(&self, ctx: &SessionContext) -> Vec<ResolveError> {
-        let mut problems = Vec::new();
-        for (_, entry) in self.entries() {
-            let text = match &entry.target {
-                Target::Object(text) => text,
-                Target::Names { tree, .. } => tree,
-            };
-            if let Err(e) = optional(expand_and_stat(text, entry, ctx), entry) {
-                problems.push(e);
-            }
+impl ResolvedPolicy {
+    /// The policy made of its first `count` rules only (their objects and patterns).
+    pub(crate) fn only_rules(&self, count: usize) -> ResolvedPolicy {
+        let keep = |rule: u16| (rule as usize) < count;
+        ResolvedPolicy {
+            source: self.source.clone(),
+            mode: self.mode,
+            rules: self.rules.iter().take(count).cloned().collect(),
+            objects: self
+                .objects
+                .iter()
+                .filter(|o| keep(o.rule))
+                .cloned()
+                .collect(),
+            patterns: self
+                .patterns
+                .iter()
+                .filter(|p| keep(p.rule))
+                .cloned()
+                .collect(),
+            devices: Vec::new(),
+            network: ResolvedNetwork::default(),
         }
-        for entry in &self.writable_devices {
-            match optional(expand_and_stat(&entry.text, entry, ctx), entry) {
-                Ok(Some((path, meta))) if !meta.file_type().is_char_device() => {
-                    problems.push(ResolveError::NotADevice {
-                        location: entry.location.clone(),
-                        path,
-                    })
-                }
-                Ok(_) => {}
-                Err(e) => problems.push(e),
-            }
-        }
-        problems
     }
 }
 
@@ -301,7 +398,7 @@ fn object(rule: u16, text: &str, path: PathBuf, meta: &std::fs::Metadata) -> Res
 }
 
 /// Expands `entry` and reads the metadata of what it names, which must exist.
-fn expand_and_stat(
+pub(super) fn expand_and_stat(
     text: &str,
     entry: &PolicyPath,
     ctx: &SessionContext,
@@ -371,6 +468,15 @@ mod tests {
         }
     }
 
+    /// The objects of the policy's own rules, without the built-in self-protection.
+    fn own_objects(resolved: &ResolvedPolicy) -> Vec<&ResolvedObject> {
+        resolved
+            .objects
+            .iter()
+            .filter(|o| o.rule as usize >= self_protection::SELF_PROTECTION_RULES)
+            .collect()
+    }
+
     #[test]
     fn workspace_and_home_expand_and_resolve_to_inodes() {
         let dir = tempfile::tempdir().unwrap();
@@ -383,12 +489,10 @@ mod tests {
         .unwrap();
         let resolved = policy.resolve(&ctx(dir.path())).unwrap();
         let meta = std::fs::metadata(dir.path().join("home/cache")).unwrap();
-        assert_eq!(resolved.objects[0].path, dir.path());
-        assert_eq!(resolved.objects[1].ino, meta.ino());
-        assert_eq!(
-            resolved.rules[resolved.objects[1].rule as usize].name,
-            "writable"
-        );
+        let own = own_objects(&resolved);
+        assert_eq!(own[0].path, dir.path());
+        assert_eq!(own[1].ino, meta.ino());
+        assert_eq!(resolved.rules[own[1].rule as usize].name, "writable");
     }
 
     #[test]
@@ -450,7 +554,10 @@ mod tests {
         .unwrap();
         assert!(policy.problems(&ctx(dir.path())).is_empty());
         let resolved = policy.resolve(&ctx(dir.path())).unwrap();
-        let texts: Vec<_> = resolved.objects.iter().map(|o| o.text.as_str()).collect();
+        let texts: Vec<_> = own_objects(&resolved)
+            .iter()
+            .map(|o| o.text.as_str())
+            .collect();
         assert_eq!(texts, ["${WORKSPACE}", "${WORKSPACE}/there"]);
         assert!(resolved.patterns.is_empty());
         // A path through a file (a worktree's `.git` is a file) is missing too.
