@@ -1,8 +1,14 @@
 //! Loading the BPF LSM programs and filling their maps.
 //!
-//! [`Guard`] owns the loaded object. While it lives the programs stay attached; dropping it
-//! detaches them, so whoever holds it must outlive every guarded process.
-use std::collections::BTreeSet;
+//! [`Guard`] holds the attached programs' links and their maps. A standalone `run` keeps
+//! them only in this process: dropping the guard detaches the programs, so it must outlive
+//! every guarded process. The daemon pins both under [`crate::paths::PIN_DIR`] instead
+//! ([`Guard::pin`]); pinned links stay attached after the daemon dies, and a restarted
+//! daemon takes the same maps back with [`Guard::adopt`], so enforcement never pauses.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use agent_guard_common::{
     AbstractKey, NetKey, NetRules, NetVerdict, PatternSet, RuleEntry, ScopeKey, SessionConfig,
@@ -11,9 +17,10 @@ use agent_guard_common::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        HashMap, MapData, MapError, PerCpuArray, RingBuf,
+        HashMap, Map, MapData, MapError, PerCpuArray, RingBuf,
     },
-    programs::{Lsm, ProgramError},
+    pin::PinError,
+    programs::{links::FdLink, links::LinkError, links::PinnedLink, Lsm, ProgramError},
     Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
 };
 
@@ -32,6 +39,16 @@ const NET_TABLES: [&str; 2] = ["NET_CONNECT", "NET_LISTEN"];
 /// The BPF object built by build.rs from `agent-guard-ebpf`.
 static BPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-guard-ebpf"));
+
+/// A fingerprint of the BPF object (FNV-1a of its bytes). A daemon adopts pinned programs
+/// only when they come from the same object: the maps' layouts are only known to match
+/// then.
+pub fn object_id() -> String {
+    let hash = BPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
 
 /// Programs and the LSM hook each attaches to. `required == false` marks hooks that only
 /// newer kernels have; the hooks that cover the same operations on older ones are listed
@@ -234,6 +251,26 @@ pub enum LoadError {
         #[source]
         source: MapError,
     },
+    #[error("taking the link of the `{hook}` LSM program")]
+    Link {
+        hook: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinStateError {
+    #[error("creating {0}")]
+    Dir(PathBuf, #[source] std::io::Error),
+    #[error("pinning {0}")]
+    Pin(PathBuf, #[source] PinError),
+    #[error("opening the pinned map {0}")]
+    Map(PathBuf, #[source] MapError),
+    #[error("opening the pinned link {0}")]
+    Link(PathBuf, #[source] LinkError),
+    #[error("{0} holds no pinned agent-guard programs")]
+    Nothing(PathBuf),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,11 +317,26 @@ pub struct Stats {
     pub lost: u64,
 }
 
-/// The loaded and attached programs.
+/// The attached programs and their maps.
 pub struct Guard {
-    ebpf: Ebpf,
+    /// Every map of the object by name, taken out of the loaded object so that a guard
+    /// adopted from pins works the same way as a freshly loaded one.
+    maps: BTreeMap<String, Map>,
+    /// Links of the attached programs (a freshly loaded guard, until pinned). Dropping an
+    /// unpinned link detaches its program.
+    links: Vec<(&'static str, FdLink)>,
+    /// Links adopted from, or pinned to, the pin directory.
+    pinned: Vec<(&'static str, PinnedLink)>,
+    /// The loaded object; it keeps the programs loaded while their links are unpinned.
+    _object: Option<Ebpf>,
     /// Hooks attached, in order.
     pub attached: Vec<&'static str>,
+}
+
+/// Maps that belong to the object's sections rather than to the programs' shared state
+/// (`.rodata`, `.bss`): the programs hold them, nobody else needs them.
+fn shared_map(name: &str) -> bool {
+    !name.starts_with('.')
 }
 
 impl Guard {
@@ -298,6 +350,7 @@ impl Guard {
             .override_global("AG_OFFSETS", &offsets, true)
             .load(BPF_OBJECT)?;
         let mut attached = Vec::new();
+        let mut links: Vec<(&'static str, FdLink)> = Vec::new();
         for hook in HOOKS {
             if !hook.required && !kernel.has_function(&format!("bpf_lsm_{}", hook.program)) {
                 continue;
@@ -316,20 +369,109 @@ impl Guard {
                     hook: hook.program,
                     source,
                 })?;
-            program.attach().map_err(|source| LoadError::Attach {
+            let link = program.attach().map_err(|source| LoadError::Attach {
                 hook: hook.program,
                 source,
             })?;
+            let link = program.take_link(link).map_err(|source| LoadError::Link {
+                hook: hook.program,
+                source,
+            })?;
+            links.push((hook.program, FdLink::from(link)));
             attached.push(hook.program);
         }
-        Ok(Self { ebpf, attached })
+        let names: Vec<String> = ebpf
+            .maps()
+            .map(|(name, _)| name.to_owned())
+            .filter(|name| shared_map(name))
+            .collect();
+        let maps = names
+            .into_iter()
+            .filter_map(|name| Some((name.clone(), ebpf.take_map(&name)?)))
+            .collect();
+        Ok(Self {
+            maps,
+            links,
+            pinned: Vec::new(),
+            _object: Some(ebpf),
+            attached,
+        })
     }
 
-    fn hash_map<K: aya::Pod, V: aya::Pod>(
+    /// Pins every link and shared map under `dir` (`links/<hook>`, `maps/<MAP>`), so that
+    /// the programs stay attached and their state survives this process.
+    pub fn pin(&mut self, dir: &Path) -> Result<(), PinStateError> {
+        for sub in ["links", "maps"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|e| PinStateError::Dir(path, e))?;
+        }
+        for (name, map) in &self.maps {
+            let path = dir.join("maps").join(name);
+            map.pin(&path).map_err(|e| PinStateError::Pin(path, e))?;
+        }
+        let links: Vec<(&'static str, FdLink)> = std::mem::take(&mut self.links);
+        for (hook, link) in links {
+            let path = dir.join("links").join(hook);
+            let pinned = link.pin(&path).map_err(|e| PinStateError::Pin(path, e))?;
+            self.pinned.push((hook, pinned));
+        }
+        Ok(())
+    }
+
+    /// Takes over the programs and maps a previous daemon pinned under `dir`. The programs
+    /// never stopped: only the handles are new.
+    pub fn adopt(dir: &Path) -> Result<Self, PinStateError> {
+        let mut pinned = Vec::new();
+        let mut attached = Vec::new();
+        for hook in HOOKS {
+            let path = dir.join("links").join(hook.program);
+            if !path.exists() && !hook.required {
+                continue;
+            }
+            let link = PinnedLink::from_pin(&path).map_err(|e| PinStateError::Link(path, e))?;
+            pinned.push((hook.program, link));
+            attached.push(hook.program);
+        }
+        let maps_dir = dir.join("maps");
+        let entries =
+            std::fs::read_dir(&maps_dir).map_err(|e| PinStateError::Dir(maps_dir.clone(), e))?;
+        let mut maps = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| PinStateError::Dir(maps_dir.clone(), e))?;
+            let path = entry.path();
+            let data = MapData::from_pin(&path).map_err(|e| PinStateError::Map(path.clone(), e))?;
+            let map = Map::from_map_data(data).map_err(|e| PinStateError::Map(path.clone(), e))?;
+            maps.insert(entry.file_name().to_string_lossy().into_owned(), map);
+        }
+        if maps.is_empty() {
+            return Err(PinStateError::Nothing(dir.to_owned()));
+        }
+        Ok(Self {
+            maps,
+            links: Vec::new(),
+            pinned,
+            _object: None,
+            attached,
+        })
+    }
+
+    /// Removes the pins under `dir`: once this guard is dropped, the programs detach.
+    pub fn unpin(dir: &Path) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, LoadError> {
+        self.maps.get_mut(name).ok_or(LoadError::MissingMap(name))
+    }
+
+    pub(crate) fn hash_map<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>, LoadError> {
-        let map = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+        let map = self.map_mut(name)?;
         HashMap::try_from(map).map_err(|source| LoadError::Map { map: name, source })
     }
 
@@ -339,7 +481,7 @@ impl Guard {
     ///
     /// The question is an ioctl on the open file; a unix socket cannot be opened, so for
     /// one it is a lookup of the extended attribute `IDENTIFY_XATTR` instead.
-    pub fn identify(&mut self, path: &std::path::Path) -> Result<(u32, u64), IdentifyError> {
+    pub fn identify(&mut self, path: &Path) -> Result<(u32, u64), IdentifyError> {
         use std::os::{
             fd::AsRawFd as _,
             unix::{ffi::OsStrExt as _, fs::FileTypeExt as _, fs::OpenOptionsExt as _},
@@ -467,7 +609,7 @@ impl Guard {
         &mut self,
         name: &'static str,
     ) -> Result<LpmTrie<&mut MapData, NetKey, NetRules>, LoadError> {
-        let map = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+        let map = self.map_mut(name)?;
         LpmTrie::try_from(map).map_err(|source| LoadError::Map { map: name, source })
     }
 
@@ -547,26 +689,48 @@ impl Guard {
         }
     }
 
-    /// Removes a session's policy from the kernel maps once no process is left in it.
-    pub fn remove_session(&mut self, session: u32, policy: &ResolvedPolicy) {
+    /// Removes every entry of `session` from the kernel maps, whatever policy put it there,
+    /// once no process is left in it. A restarted daemon can thus clean up a session it
+    /// only adopted.
+    pub fn remove_session(&mut self, session: u32) {
         if let Ok(mut sessions) = self.hash_map::<u32, SessionConfig>("SESSIONS") {
             let _ = sessions.remove(&session);
         }
-        let compiled = compile(policy);
         if let Ok(mut rules) = self.hash_map::<ScopeKey, RuleEntry>("RULES") {
-            for &(dev, ino) in compiled.entries.keys() {
-                let _ = rules.remove(&ScopeKey { session, dev, ino });
+            let keys: Vec<ScopeKey> = rules
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.session == session)
+                .collect();
+            for key in keys {
+                let _ = rules.remove(&key);
             }
         }
         if let Ok(mut patterns) = self.hash_map::<u32, PatternSet>("PATTERNS") {
             let _ = patterns.remove(&session);
         }
         if let Ok(mut devices) = self.hash_map::<[u32; 2], u32>("DEVICES") {
-            for rdev in &policy.devices {
-                let _ = devices.remove(&[session, *rdev]);
+            let keys: Vec<[u32; 2]> = devices
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k[0] == session)
+                .collect();
+            for key in keys {
+                let _ = devices.remove(&key);
             }
         }
         self.remove_network(session);
+    }
+
+    /// How many live tasks each session has, from the kernel's membership table.
+    pub fn tasks_by_session(&mut self) -> BTreeMap<u32, usize> {
+        let mut counts = BTreeMap::new();
+        if let Ok(tasks) = self.hash_map::<u64, u32>("TASKS") {
+            for (_, session) in tasks.iter().filter_map(Result::ok) {
+                *counts.entry(session).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     /// Marks process `pid` to join `session` at its next exec.
@@ -599,8 +763,8 @@ impl Guard {
     /// The event ring buffer. It can be taken once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self
-            .ebpf
-            .take_map("EVENTS")
+            .maps
+            .remove("EVENTS")
             .ok_or(LoadError::MissingMap("EVENTS"))?;
         RingBuf::try_from(map).map_err(|source| LoadError::Map {
             map: "EVENTS",
@@ -611,8 +775,8 @@ impl Guard {
     /// Sums the per-CPU counters.
     pub fn stats(&self) -> Result<Stats, LoadError> {
         let map = self
-            .ebpf
-            .map("STATS")
+            .maps
+            .get("STATS")
             .ok_or(LoadError::MissingMap("STATS"))?;
         let stats: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(|source| LoadError::Map {

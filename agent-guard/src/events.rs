@@ -455,6 +455,71 @@ pub struct DecisionRecord<'a> {
     pub path_truncated: bool,
 }
 
+impl<'a> DecisionRecord<'a> {
+    /// The record of decision `d` of a session under `policy`, whose rules are named by
+    /// `rule_names`; `hostname` is the hostname of the deciding hosts rule, if any.
+    pub fn new(
+        d: &'a Decision,
+        time: String,
+        policy: &'a str,
+        rule_names: &'a [String],
+        hostname: Option<&'a str>,
+    ) -> Self {
+        let net = d.net.as_ref();
+        Self {
+            time,
+            kind: "decision",
+            session: session_label(d.session),
+            policy,
+            pid: d.pid,
+            tid: d.tid,
+            ppid: d.ppid,
+            uid: d.uid,
+            gid: d.gid,
+            comm: &d.comm,
+            exe: d.exe.as_deref(),
+            op: d.op,
+            paths: &d.paths,
+            target_pid: (d.target_pid != 0).then_some(d.target_pid),
+            signal: (d.op == "signal").then_some(d.detail),
+            ptrace_mode: (d.op == "ptrace").then_some(d.detail),
+            bpf_command: (d.op == "bpf").then_some(d.detail),
+            family: net.map(|n| n.family.as_str()),
+            protocol: net.and_then(|n| n.protocol.as_deref()),
+            socket_type: net.and_then(|n| n.socket_type.as_deref()),
+            address: net.and_then(|n| n.address),
+            port: net.and_then(|n| n.port),
+            socket_path: net.and_then(|n| n.socket_path.as_deref()),
+            hostname,
+            decision: d.decision,
+            rule: d.rule.name(rule_names),
+            errno: d.errno,
+            errno_name: errno_name(d.errno),
+            path_truncated: d.truncated,
+        }
+    }
+}
+
+/// The hostname of the rule that decided `d`, if that rule names hosts and one of them was
+/// found at `d`'s address: `rule_hosts` are the hostnames of each rule by index,
+/// `hostnames` every name each address was found for.
+pub fn deciding_hostname<'a>(
+    d: &Decision,
+    rule_hosts: &[Vec<String>],
+    hostnames: &'a std::collections::BTreeMap<IpAddr, Vec<String>>,
+) -> Option<&'a str> {
+    let address = d.net.as_ref()?.address?;
+    let RuleId::Policy(index) = d.rule else {
+        return None;
+    };
+    let rule_hosts = rule_hosts.get(usize::from(index))?;
+    hostnames
+        .get(&address)?
+        .iter()
+        .find(|name| rule_hosts.contains(name))
+        .map(String::as_str)
+}
+
 /// The JSON form of a report of events the ring buffer dropped.
 #[derive(Debug, Serialize)]
 pub struct LostRecord<'a> {

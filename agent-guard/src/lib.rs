@@ -9,12 +9,18 @@
 //! - [`session`]: starting a command inside a session and waiting for all of it.
 //! - [`events`]: decoding decisions and writing them as JSON lines.
 //! - [`network`]: the host's addresses and the policy's hostnames, looked up at run time.
+//! - [`daemon`]: the service that pins the programs and starts sessions for its clients.
+//! - [`client`]: talking to the daemon over its control socket.
+//! - [`paths`]: where agent-guard keeps things on a host.
 //! - [`cli`]: one module per subcommand.
 pub mod bpf;
 pub mod cli;
+pub mod client;
+pub mod daemon;
 pub mod events;
 pub mod kernel_btf;
 pub mod network;
+pub mod paths;
 pub mod policy;
 pub mod selfcheck;
 pub mod session;

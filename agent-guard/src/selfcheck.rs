@@ -173,7 +173,7 @@ pub fn run_canary(
                 other => Err(SelfCheckError::CanaryFailed(other)),
             }
         });
-    guard.remove_session(session, &policy);
+    guard.remove_session(session);
     result?;
 
     let mut saw_canary = false;

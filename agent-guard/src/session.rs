@@ -7,7 +7,10 @@
 //! never runs unguarded.
 use std::{
     ffi::{CString, OsString},
-    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
 };
 
 use nix::{
@@ -58,13 +61,57 @@ fn write_all(fd: i32, bytes: &[u8]) {
     unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
 }
 
-/// Forks and execs `argv` as the first process of `session`. Call only while the process
-/// has a single thread (before the tokio runtime starts any), as after any fork.
-pub fn spawn_enrolled(
-    guard: &mut Guard,
-    session: u32,
-    argv: &[OsString],
-) -> Result<Pid, SpawnError> {
+/// A forked command waiting, before its exec, for [`Waiting::go`]. Dropping it without
+/// `go` makes the child exit without ever running the command.
+pub struct Waiting {
+    pub pid: Pid,
+    command: String,
+    go_write: OwnedFd,
+    status_read: OwnedFd,
+}
+
+impl Waiting {
+    /// Lets the child exec and waits until it did (or failed to). The caller then checks
+    /// that the kernel enrolled it, and kills it otherwise.
+    pub fn go(self) -> Result<Pid, SpawnError> {
+        write_all(self.go_write.as_raw_fd(), &[1]);
+        drop(self.go_write);
+        let mut status = [0u8; 4];
+        let n = loop {
+            // SAFETY: read(2) into a valid buffer.
+            let n =
+                unsafe { libc::read(self.status_read.as_raw_fd(), status.as_mut_ptr().cast(), 4) };
+            if n >= 0 || Errno::last() != Errno::EINTR {
+                break n;
+            }
+        };
+        if n == 4 {
+            let errno = Errno::from_raw(i32::from_ne_bytes(status));
+            let _ = waitpid(self.pid, None);
+            return Err(SpawnError::Exec {
+                command: self.command,
+                exit_status: if errno == Errno::ENOENT {
+                    EXIT_NOT_FOUND
+                } else {
+                    EXIT_CANNOT_EXEC
+                },
+                source: errno,
+            });
+        }
+        Ok(self.pid)
+    }
+
+    /// Kills the waiting child and reaps it.
+    pub fn abort(self) {
+        let _ = kill(self.pid, Signal::SIGKILL);
+        let _ = waitpid(self.pid, None);
+    }
+}
+
+/// Forks a child that will exec `argv` once told to ([`Waiting::go`]). Call only while
+/// the process has a single thread (before the tokio runtime starts any), as after any
+/// fork.
+pub fn spawn_waiting(argv: &[OsString]) -> Result<Waiting, SpawnError> {
     let args: Vec<CString> = argv
         .iter()
         .map(|a| CString::new(a.as_bytes()).map_err(|_| SpawnError::Nul))
@@ -104,52 +151,54 @@ pub fn spawn_enrolled(
                 })
             };
         }
-        ForkResult::Parent { child } => {
-            drop(go_read);
-            drop(status_write);
-            if let Err(source) = guard.enroll(child.as_raw() as u32, session) {
-                let _ = kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, None);
-                return Err(SpawnError::Enroll {
-                    pid: child.as_raw(),
-                    source,
-                });
-            }
-            write_all(go_write.as_raw_fd(), &[1]);
-            drop(go_write);
-            let mut status = [0u8; 4];
-            let n = loop {
-                // SAFETY: read(2) into a valid buffer.
-                let n =
-                    unsafe { libc::read(status_read.as_raw_fd(), status.as_mut_ptr().cast(), 4) };
-                if n >= 0 || Errno::last() != Errno::EINTR {
-                    break n;
-                }
-            };
-            if n == 4 {
-                let errno = Errno::from_raw(i32::from_ne_bytes(status));
-                let _ = waitpid(child, None);
-                guard.cancel_enrolment(child.as_raw() as u32);
-                return Err(SpawnError::Exec {
-                    command: argv[0].to_string_lossy().into_owned(),
-                    exit_status: if errno == Errno::ENOENT {
-                        EXIT_NOT_FOUND
-                    } else {
-                        EXIT_CANNOT_EXEC
-                    },
-                    source: errno,
-                });
-            }
-            if guard.enrolment_pending(child.as_raw() as u32) {
-                let _ = kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, None);
-                guard.cancel_enrolment(child.as_raw() as u32);
-                return Err(SpawnError::NotEnrolled {
-                    pid: child.as_raw(),
-                });
-            }
-            Ok(child)
-        }
+        ForkResult::Parent { child } => Ok(Waiting {
+            pid: child,
+            command: argv[0].to_string_lossy().into_owned(),
+            go_write,
+            status_read,
+        }),
+    }
+}
+
+/// Forks and execs `argv` as the first process of `session`. Call only while the process
+/// has a single thread (before the tokio runtime starts any), as after any fork.
+pub fn spawn_enrolled(
+    guard: &mut Guard,
+    session: u32,
+    argv: &[OsString],
+) -> Result<Pid, SpawnError> {
+    let waiting = spawn_waiting(argv)?;
+    let pid = waiting.pid;
+    if let Err(source) = guard.enroll(pid.as_raw() as u32, session) {
+        waiting.abort();
+        return Err(SpawnError::Enroll {
+            pid: pid.as_raw(),
+            source,
+        });
+    }
+    if let Err(e) = waiting.go() {
+        guard.cancel_enrolment(pid.as_raw() as u32);
+        return Err(e);
+    }
+    if guard.enrolment_pending(pid.as_raw() as u32) {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        guard.cancel_enrolment(pid.as_raw() as u32);
+        return Err(SpawnError::NotEnrolled { pid: pid.as_raw() });
+    }
+    Ok(pid)
+}
+
+/// A session id nobody else uses: random, so that ids from a restarted daemon or another
+/// `run` never collide with live ones in practice (the maps are checked too).
+pub fn random_session_id() -> u32 {
+    let mut bytes = [0u8; 4];
+    // SAFETY: getrandom into a valid 4-byte buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 4, 0) };
+    if n == 4 {
+        u32::from_ne_bytes(bytes) & 0x7fff_ffff
+    } else {
+        std::process::id().rotate_left(16) ^ 0x5a5a_5a5a
     }
 }
 

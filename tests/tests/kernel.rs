@@ -29,6 +29,8 @@
 //! The modules sit in `tests/kernel/` and are named with `#[path]`: files next to this one
 //! would each become a test target of their own.
 
+#[path = "kernel/daemonfix.rs"]
+mod daemonfix;
 #[path = "kernel/events.rs"]
 mod events;
 #[path = "kernel/expect.rs"]
@@ -46,6 +48,8 @@ mod session;
 mod aliases;
 #[path = "kernel/coverage.rs"]
 mod coverage;
+#[path = "kernel/daemon.rs"]
+mod daemon;
 #[path = "kernel/destruction.rs"]
 mod destruction;
 #[path = "kernel/escape.rs"]

@@ -1,10 +1,11 @@
-//! Project automation: `cargo xtask <setup|test|demo|bench>`.
+//! Project automation: `cargo xtask <setup|test|demo|bench|bench-daemon>`.
 //!
 //! Everything a fresh machine needs is installed by `setup`, which the other commands run
 //! first. Kernel tiers boot Debian's 6.1 and 6.12 kernels under qemu (software emulation)
 //! with virtme-ng, sharing the host's filesystem, because BPF LSM enforcement cannot be
 //! tested on a host whose kernel refuses BPF trampolines.
 mod bench;
+mod bench_daemon;
 mod build;
 mod demo;
 mod setup;
@@ -39,6 +40,13 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         repetitions: u32,
     },
+    /// Measure the daemon in the VM: start to enforcing, idle memory, and the VM's slowdown
+    /// against this host.
+    BenchDaemon {
+        /// Daemon starts measured (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repetitions: u32,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,5 +68,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             iterations,
             repetitions,
         } => bench::bench(iterations, repetitions),
+        Command::BenchDaemon { repetitions } => bench_daemon::bench_daemon(repetitions),
     }
 }

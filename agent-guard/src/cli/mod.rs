@@ -3,8 +3,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod control;
+mod daemon;
 mod policy;
 mod run;
+mod run_client;
 
 /// Exit status for bad input (command line or policy).
 pub const EXIT_USAGE: i32 = 2;
@@ -29,6 +32,16 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run the service that guards sessions for its clients (root; see docs/deploy.md).
+    Daemon(daemon::DaemonArgs),
+    /// Guard a running process tree, cgroup or systemd unit (root, through the daemon).
+    Attach(control::AttachArgs),
+    /// List the daemon's sessions.
+    Sessions(control::ListArgs),
+    /// Show the daemon's health: kernel support, programs, sessions, lost events, sinks.
+    Status(control::ListArgs),
+    /// Print the daemon's recent events, and with --follow the ones that come.
+    Events(control::EventsArgs),
     /// Internal: the start-up self-check's canary process.
     #[command(name = "__canary", hide = true)]
     Canary { path: PathBuf },
@@ -39,6 +52,11 @@ pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Policy(command) => policy::policy(command),
+        Command::Daemon(args) => daemon::daemon(args),
+        Command::Attach(args) => control::attach(args),
+        Command::Sessions(args) => control::sessions(args),
+        Command::Status(args) => control::status(args),
+        Command::Events(args) => control::events(args),
         Command::Canary { path } => crate::selfcheck::canary_process(&path),
     }
 }

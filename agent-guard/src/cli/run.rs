@@ -21,16 +21,15 @@ use super::{report_error, EXIT_GUARD_UNAVAILABLE, EXIT_USAGE};
 use crate::{
     bpf::{Guard, Stats},
     events::{
-        errno_name, session_label, Clock, Decision, DecisionRecord, Destination, EventWriter,
-        LostRecord, RuleId,
+        deciding_hostname, session_label, Clock, Decision, DecisionRecord, Destination,
+        EventWriter, LostRecord,
     },
-    network::{dns, local_addresses, Hostnames},
-    policy::{
-        net_compile::{compile_network, NetTables},
-        Policy, ResolvedPolicy, SessionContext,
-    },
+    network::live::{self, LiveNetwork},
+    policy::{Policy, ResolvedPolicy, SessionContext},
     selfcheck::{require_bpf_lsm, run_canary},
-    session::{become_subreaper, children_of, spawn_enrolled, wait_all, SpawnError},
+    session::{
+        become_subreaper, children_of, random_session_id, spawn_enrolled, wait_all, SpawnError,
+    },
 };
 
 /// Where events go when `--events` is not given: outside any workspace, owned by root.
@@ -46,24 +45,40 @@ pub struct RunArgs {
     /// /var/log/agent-guard/session-<id>.jsonl
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// A policy from the daemon's policy directory, by name (through the daemon only).
+    #[arg(long, value_name = "NAME", conflicts_with = "policy")]
+    pub policy_name: Option<String>,
+    /// Never use the daemon: load the programs in this process (needs root).
+    #[arg(long)]
+    pub standalone: bool,
     /// The command to guard, and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 
-fn random_u32() -> u32 {
-    let mut bytes = [0u8; 4];
-    // SAFETY: getrandom into a valid 4-byte buffer.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 4, 0) };
-    if n == 4 {
-        u32::from_ne_bytes(bytes)
-    } else {
-        // Uniqueness within this process is all that matters.
-        std::process::id().rotate_left(16) ^ 0x5a5a_5a5a
-    }
-}
-
 pub fn run(args: RunArgs) -> i32 {
+    // A running daemon serves the session, so no privileges are needed here.
+    let socket = crate::paths::socket();
+    if !args.standalone && socket.exists() {
+        match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(_) => return super::run_client::run_via_daemon(&args, &socket),
+            // A socket left by a dead daemon: fall back to standalone.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => {
+                report_error(
+                    &format!("cannot reach the daemon on {}", socket.display()),
+                    &e,
+                );
+                eprintln!("  hint: the daemon serves root and group `{}`; `--standalone` runs without it (as root)", crate::paths::GROUP);
+                return EXIT_GUARD_UNAVAILABLE;
+            }
+        }
+    }
+    if args.policy_name.is_some() {
+        eprintln!("agent-guard: --policy-name picks one of the daemon's policies, and no daemon answers on {}
+  hint: give the policy file with --policy", socket.display());
+        return EXIT_USAGE;
+    }
     // 1. The policy: bad input stops everything before anything is loaded.
     let policy = match &args.policy {
         Some(path) => Policy::load(path),
@@ -130,7 +145,7 @@ pub fn run(args: RunArgs) -> i32 {
             return EXIT_GUARD_UNAVAILABLE;
         }
     };
-    let mut session = random_u32();
+    let mut session = random_session_id();
     let canary_session = session ^ 0x8000_0000;
     let early = match run_canary(&mut guard, &mut ring, canary_session, &exe) {
         Ok(early) => early,
@@ -182,13 +197,15 @@ pub fn run(args: RunArgs) -> i32 {
         report_error("cannot resolve the policy's paths in the kernel", &e);
         return EXIT_GUARD_UNAVAILABLE;
     }
-    let mut hostnames = network_facts(&runtime, &mut resolved);
+    let (hostnames, warnings) = runtime.block_on(live::prepare(&mut resolved));
+    report_warnings(&warnings);
     if let Err(e) = guard.add_session(session, &resolved) {
         report_error("cannot install the session's policy", &e);
         return EXIT_GUARD_UNAVAILABLE;
     }
     // What add_session installed; hostname refreshes replace it.
-    let mut tables = compile_network(&resolved).unwrap_or_default();
+    let mut network = LiveNetwork::new(session, resolved, hostnames);
+    let resolved = network.policy.clone();
     // Signal handlers go in before the fork, so a Ctrl-C can never kill `run` (and with it
     // the guard) while the command lives. The child's exec resets them.
     let _enter = runtime.enter();
@@ -208,24 +225,19 @@ pub fn run(args: RunArgs) -> i32 {
         clock,
         policy: resolved.source.clone(),
         rule_names: resolved.rule_names(),
-        rule_hosts: resolved
-            .rules
-            .iter()
-            .map(|r| r.net.as_ref().map(|n| n.hosts.clone()).unwrap_or_default())
-            .collect(),
-        hostnames: tables.hostnames.clone(),
+        rule_hosts: network.rule_hosts(),
         session,
         write_errors: 0,
         lost_reported: 0,
     };
     for decision in early {
-        out.decision(&decision);
+        out.decision(&decision, &network.seen);
     }
     let command = match spawn_enrolled(&mut guard, session, &args.command) {
         Ok(pid) => pid,
         Err(e) => {
             report_error("cannot start the command", &e);
-            guard.remove_session(session, &resolved);
+            guard.remove_session(session);
             return match e {
                 SpawnError::Exec { exit_status, .. } => exit_status,
                 _ => EXIT_GUARD_UNAVAILABLE,
@@ -233,12 +245,6 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
 
-    let mut network = LiveNetwork {
-        session,
-        policy: &mut resolved,
-        hostnames: &mut hostnames,
-        tables: &mut tables,
-    };
     let status = runtime.block_on(supervise(
         command,
         &mut ring,
@@ -252,96 +258,18 @@ pub fn run(args: RunArgs) -> i32 {
     drop(runtime);
 
     // 5. Everything after the last process: final drain and the summary.
-    drain(&mut ring, &mut out);
+    drain(&mut ring, &mut out, &network.seen);
     let stats = guard.stats().unwrap_or_default();
     let lost = stats.lost.saturating_sub(baseline.lost);
     out.lost(lost);
-    guard.remove_session(session, &resolved);
+    guard.remove_session(session);
     summary(&out, &resolved, stats, baseline, status);
     status
 }
 
-/// Reads the host's addresses and nameservers into the policy and looks its hostnames up
-/// once, before the session starts. A hostname that cannot be looked up stays refused (it
-/// has no address yet) and is tried again while the session runs.
-fn network_facts(runtime: &tokio::runtime::Runtime, policy: &mut ResolvedPolicy) -> Hostnames {
-    policy.network.local = local_addresses();
-    if policy.needs_resolvers() {
-        match dns::system_nameservers() {
-            Ok(servers) if !servers.is_empty() => policy.network.resolvers = servers,
-            Ok(_) => eprintln!(
-                "agent-guard: {} names no nameserver; hostname rules admit nothing",
-                dns::RESOLV_CONF
-            ),
-            Err(e) => report_error(
-                "cannot read the nameservers; hostname rules admit nothing",
-                &e,
-            ),
-        }
-    }
-    let mut hostnames = Hostnames::new(policy.hostnames(), policy.network.resolvers.clone());
-    let (_, failures) = runtime.block_on(hostnames.refresh_due(&mut policy.network.hosts));
-    report_lookup_failures(&failures);
-    hostnames
-}
-
-fn report_lookup_failures(failures: &[crate::network::LookupFailure]) {
-    for failure in failures {
-        report_error(
-            &format!(
-                "cannot look up `{}`; addresses it had stay admitted, and it is tried again shortly",
-                failure.host
-            ),
-            &failure.error,
-        );
-    }
-}
-
-/// A running session's network tables and what they are compiled from.
-struct LiveNetwork<'a> {
-    session: u32,
-    policy: &'a mut ResolvedPolicy,
-    hostnames: &'a mut Hostnames,
-    tables: &'a mut NetTables,
-}
-
-impl LiveNetwork<'_> {
-    /// Looks up the hostnames that are due and, when their addresses changed, swaps the
-    /// kernel tables to the new ones. When the new tables cannot be built or written, the
-    /// old ones stay in force and the problem is reported.
-    async fn refresh(&mut self, guard: &mut Guard, out: &mut Output) {
-        let mut hosts = self.policy.network.hosts.clone();
-        let (changed, failures) = self.hostnames.refresh_due(&mut hosts).await;
-        report_lookup_failures(&failures);
-        if !changed {
-            return;
-        }
-        let mut next = self.policy.clone();
-        next.network.hosts = hosts;
-        let tables = match compile_network(&next) {
-            Ok(tables) => tables,
-            Err(e) => {
-                report_error(
-                    "the hostnames' new addresses do not fit; the old ones stay in force",
-                    &e,
-                );
-                return;
-            }
-        };
-        if let Err(e) = guard.update_network(self.session, self.tables, &tables) {
-            report_error("cannot install the hostnames' new addresses", &e);
-            return;
-        }
-        for (addr, names) in &tables.hostnames {
-            let known = out.hostnames.entry(*addr).or_default();
-            for name in names {
-                if !known.contains(name) {
-                    known.push(name.clone());
-                }
-            }
-        }
-        *self.tables = tables;
-        *self.policy = next;
+fn report_warnings(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("agent-guard: {warning}");
     }
 }
 
@@ -354,8 +282,6 @@ struct Output {
     rule_names: Vec<String>,
     /// Hostnames of each rule, by the same index.
     rule_hosts: Vec<Vec<String>>,
-    /// Every hostname each address was found for during the session.
-    hostnames: BTreeMap<IpAddr, Vec<String>>,
     session: u32,
     write_errors: u64,
     /// Lost events already reported.
@@ -363,54 +289,15 @@ struct Output {
 }
 
 impl Output {
-    /// The hostname of the deciding rule that gave `address`, if the rule names hosts.
-    fn hostname(&self, d: &Decision) -> Option<&str> {
-        let address = d.net.as_ref()?.address?;
-        let RuleId::Policy(index) = d.rule else {
-            return None;
-        };
-        let rule_hosts = self.rule_hosts.get(usize::from(index))?;
-        self.hostnames
-            .get(&address)?
-            .iter()
-            .find(|name| rule_hosts.contains(name))
-            .map(String::as_str)
-    }
-
-    fn decision(&mut self, d: &Decision) {
-        let net = d.net.as_ref();
-        let hostname = self.hostname(d).map(str::to_owned);
-        let record = DecisionRecord {
-            time: self.clock.rfc3339(d.ktime_ns),
-            kind: "decision",
-            session: session_label(d.session),
-            policy: &self.policy,
-            pid: d.pid,
-            tid: d.tid,
-            ppid: d.ppid,
-            uid: d.uid,
-            gid: d.gid,
-            comm: &d.comm,
-            exe: d.exe.as_deref(),
-            op: d.op,
-            paths: &d.paths,
-            target_pid: (d.target_pid != 0).then_some(d.target_pid),
-            signal: (d.op == "signal").then_some(d.detail),
-            ptrace_mode: (d.op == "ptrace").then_some(d.detail),
-            bpf_command: (d.op == "bpf").then_some(d.detail),
-            family: net.map(|n| n.family.as_str()),
-            protocol: net.and_then(|n| n.protocol.as_deref()),
-            socket_type: net.and_then(|n| n.socket_type.as_deref()),
-            address: net.and_then(|n| n.address),
-            port: net.and_then(|n| n.port),
-            socket_path: net.and_then(|n| n.socket_path.as_deref()),
-            hostname: hostname.as_deref(),
-            decision: d.decision,
-            rule: d.rule.name(&self.rule_names),
-            errno: d.errno,
-            errno_name: errno_name(d.errno),
-            path_truncated: d.truncated,
-        };
+    fn decision(&mut self, d: &Decision, hostnames: &BTreeMap<IpAddr, Vec<String>>) {
+        let hostname = deciding_hostname(d, &self.rule_hosts, hostnames);
+        let record = DecisionRecord::new(
+            d,
+            self.clock.rfc3339(d.ktime_ns),
+            &self.policy,
+            &self.rule_names,
+            hostname,
+        );
         if self.writer.write(&record).is_err() {
             self.write_errors += 1;
         }
@@ -436,10 +323,10 @@ impl Output {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Output) {
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, hostnames: &BTreeMap<IpAddr, Vec<String>>) {
     while let Some(item) = ring.next() {
         match Decision::decode(&item) {
-            Ok(decision) => out.decision(&decision),
+            Ok(decision) => out.decision(&decision, hostnames),
             Err(e) => eprintln!("agent-guard: undecodable event: {e}"),
         }
     }
@@ -452,7 +339,7 @@ async fn supervise(
     ring: &mut RingBuf<MapData>,
     out: &mut Output,
     guard: &mut Guard,
-    network: &mut LiveNetwork<'_>,
+    network: &mut LiveNetwork,
     baseline: Stats,
     signals: [Option<tokio::signal::unix::Signal>; 3],
 ) -> i32 {
@@ -479,7 +366,7 @@ async fn supervise(
             status = &mut waiter => return status.unwrap_or(crate::session::EXIT_CANNOT_EXEC),
             ready = async { ring_fd.as_ref().unwrap().readable().await }, if ring_fd.is_some() => {
                 if let Ok(mut ready) = ready {
-                    drain(ring, out);
+                    drain(ring, out, &network.seen);
                     ready.clear_ready();
                 }
             }
@@ -498,7 +385,7 @@ async fn supervise(
                 }
             }
             () = sleep_until_due(network.hostnames.next_due()), if network.hostnames.next_due().is_some() => {
-                network.refresh(guard, out).await;
+                report_warnings(&network.refresh(guard).await);
             }
         }
     }

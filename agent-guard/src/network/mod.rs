@@ -2,6 +2,7 @@
 //! nameservers, and the addresses of the policy's hostnames, looked up again as their DNS
 //! TTLs run out ([`Hostnames`]).
 pub mod dns;
+pub mod live;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -114,7 +114,8 @@ impl<'f> Run<'f> {
             assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
         }
         let mut cmd = Command::new(agent_guard_bin());
-        cmd.arg("run");
+        // These sessions load their own programs, whether or not a daemon runs.
+        cmd.args(["run", "--standalone"]);
         let (policy_label, mode) = match &self.policy {
             Some(text) => {
                 fs::write(self.policy_path(), text).expect("write the policy");

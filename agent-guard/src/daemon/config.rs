@@ -1,0 +1,222 @@
+//! The daemon's configuration (`/etc/agent-guard/config.toml`) and the policies it serves:
+//! the mandatory base policy and the named policies sessions may pick.
+//!
+//! Everything is validated before any of it is used: a reload that finds one bad file
+//! keeps the whole previous set in force.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::{
+    paths,
+    policy::{Location, Policy, PolicyError},
+};
+
+/// config.toml as written. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    socket: Option<PathBuf>,
+    group: Option<String>,
+    pin_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    events: Option<PathBuf>,
+    base_policy: Option<PathBuf>,
+    policy_dir: Option<PathBuf>,
+}
+
+/// The daemon's settings, with defaults applied and relative paths made absolute against
+/// the configuration file's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from (it need not exist: then every default applies).
+    pub file: PathBuf,
+    pub socket: PathBuf,
+    /// Group allowed to use the socket.
+    pub group: String,
+    pub pin_dir: PathBuf,
+    /// Records of running sessions, read back by a restarted daemon.
+    pub state_dir: PathBuf,
+    /// The event log (JSON lines).
+    pub events: PathBuf,
+    /// The mandatory base policy; a missing file means there is none.
+    pub base_policy: PathBuf,
+    /// Named policies: `<name>.toml`, picked with `run --policy-name NAME`.
+    pub policy_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("{location}: {message}\n  hint: {hint}")]
+    Invalid {
+        location: Location,
+        message: String,
+        hint: String,
+    },
+}
+
+impl Config {
+    /// Reads `file`; a missing file gives the defaults.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(ConfigError::Read(file.to_owned(), e)),
+        };
+        Self::parse(file, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            location: Location::at(
+                &file.display().to_string(),
+                text,
+                e.span().map_or(0, |s| s.start),
+            ),
+            message: e.message().to_owned(),
+            hint: "the keys are `socket`, `group`, `pin_dir`, `state_dir`, `events`, `base_policy` and `policy_dir`; see dist/config.toml".into(),
+        })?;
+        let dir = file.parent().unwrap_or(Path::new("/"));
+        let at = |p: Option<PathBuf>, default: &str| match p {
+            Some(p) if p.is_relative() => dir.join(p),
+            Some(p) => p,
+            None => PathBuf::from(default),
+        };
+        Ok(Self {
+            file: file.to_owned(),
+            socket: at(raw.socket, paths::SOCKET),
+            group: raw.group.unwrap_or_else(|| paths::GROUP.into()),
+            pin_dir: at(raw.pin_dir, paths::PIN_DIR),
+            state_dir: at(raw.state_dir, paths::RUN_DIR),
+            events: at(raw.events, &format!("{}/events.jsonl", paths::LOG_DIR)),
+            base_policy: at(raw.base_policy, &format!("{}/base.toml", paths::CONFIG_DIR)),
+            policy_dir: at(raw.policy_dir, &format!("{}/policies", paths::CONFIG_DIR)),
+        })
+    }
+}
+
+/// The policies the daemon serves, all validated.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    /// The mandatory base policy, combined with every session's own.
+    pub base: Option<Policy>,
+    /// Named policies by name (file stem).
+    pub named: BTreeMap<String, Policy>,
+}
+
+impl PolicySet {
+    /// Reads and validates the base policy and every `*.toml` in the policy directory.
+    /// Every problem is reported, not only the first.
+    pub fn load(config: &Config) -> Result<Self, Vec<PolicyError>> {
+        let mut errors = Vec::new();
+        let base = if config.base_policy.exists() {
+            match Policy::load(&config.base_policy) {
+                Ok(policy) => Some(policy),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut named = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(&config.policy_dir) {
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| Some(e.ok()?.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect();
+            files.sort();
+            for file in files {
+                let Some(name) = file.file_stem().and_then(|s| s.to_str()) else {
+                    continue;
+                };
+                match Policy::load(&file) {
+                    Ok(policy) => {
+                        named.insert(name.to_owned(), policy);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self { base, named })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// What `status` shows of the set.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "base": self.base.as_ref().map(|b| b.source.clone()),
+            "named": self.named.keys().collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let config = Config::parse(Path::new("/etc/agent-guard/config.toml"), "").unwrap();
+        assert_eq!(config.socket, Path::new(paths::SOCKET));
+        assert_eq!(config.base_policy, Path::new("/etc/agent-guard/base.toml"));
+        let config = Config::parse(
+            Path::new("/srv/ag/config.toml"),
+            "base_policy = \"b.toml\"\nsocket = \"/tmp/s.sock\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.base_policy, Path::new("/srv/ag/b.toml"));
+        assert_eq!(config.socket, Path::new("/tmp/s.sock"));
+    }
+
+    #[test]
+    fn unknown_keys_are_located() {
+        let err = Config::parse(Path::new("/c.toml"), "\nsokcet = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/c.toml:2:1: unknown field `sokcet`"),
+            "{err}"
+        );
+        assert!(err.contains("hint:"), "{err}");
+    }
+
+    #[test]
+    fn one_bad_policy_fails_the_whole_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/good.toml"), "version = 1\n").unwrap();
+        let config_file = dir.path().join("config.toml");
+        let config = Config::parse(&config_file, "").unwrap();
+        let config = Config {
+            policy_dir: dir.path().join("policies"),
+            base_policy: dir.path().join("base.toml"),
+            ..config
+        };
+        let set = PolicySet::load(&config).unwrap();
+        assert!(set.base.is_none());
+        assert!(set.named.contains_key("good"));
+        std::fs::write(dir.path().join("base.toml"), "mode = \"enforce\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("policies/bad.toml"),
+            "mode = \"sometimes\"\n",
+        )
+        .unwrap();
+        let errors = PolicySet::load(&config).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].to_string().contains("bad.toml:1:8"),
+            "{}",
+            errors[0]
+        );
+    }
+}

@@ -1,0 +1,508 @@
+//! The daemon's event loop: the control socket, the event ring buffer, the sweep that ends
+//! sessions whose last process is gone, signals and policy reloads.
+use std::{
+    cell::RefCell,
+    os::fd::{AsFd as _, AsRawFd as _},
+    rc::Rc,
+    sync::Arc,
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use serde::Serialize;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use super::{
+    bind_socket, handlers,
+    registry::{self, Session},
+    Daemon, EventLine, RECENT_EVENTS,
+};
+use crate::{
+    events::{session_label, Decision, DecisionRecord, LostRecord},
+    policy::PolicyError,
+};
+
+/// How often sessions are checked for their end, lost events for news and hostnames for
+/// refreshes.
+const TICK: Duration = Duration::from_millis(500);
+
+pub fn serve((daemon, ring): (Daemon, RingBuf<MapData>)) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("agent-guard daemon: cannot start the event loop: {e}");
+            return super::EXIT_UNAVAILABLE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, run(daemon, ring))
+}
+
+async fn run(mut daemon: Daemon, mut ring: RingBuf<MapData>) -> i32 {
+    let listener = match bind_socket(&daemon.config.socket, daemon.group_gid)
+        .and_then(tokio::net::UnixListener::from_std)
+    {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!(
+                "agent-guard daemon: cannot open the control socket {}: {e}\n  hint: is another daemon running? `agent-guard status` asks it",
+                daemon.config.socket.display()
+            );
+            return super::EXIT_UNAVAILABLE;
+        }
+    };
+    if daemon.group_gid.is_none() {
+        eprintln!(
+            "agent-guard daemon: group `{}` does not exist; only root can use {}\n  hint: `groupadd --system {}` and add the users who start sessions",
+            daemon.config.group,
+            daemon.config.socket.display(),
+            daemon.config.group
+        );
+    }
+    daemon.origin.start_ms = daemon.started.elapsed().as_millis();
+    announce(&daemon);
+    notify_systemd("READY=1");
+    // The fd belongs to `ring`, which outlives this registration.
+    #[expect(
+        deprecated,
+        reason = "tokio 1.54 deprecates AsyncFd::new but has no replacement yet"
+    )]
+    let ring_fd = match AsyncFd::new(ring.as_fd().as_raw_fd()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("agent-guard daemon: cannot poll the event ring buffer: {e}");
+            return super::EXIT_UNAVAILABLE;
+        }
+    };
+    let watcher = handlers::PolicyWatcher::new(&daemon.config);
+    let daemon = Rc::new(RefCell::new(daemon));
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).ok();
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).ok();
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::task::spawn_local(handlers::connection(daemon.clone(), stream));
+                }
+            }
+            ready = ring_fd.readable() => {
+                if let Ok(mut ready) = ready {
+                    daemon.borrow_mut().drain(&mut ring);
+                    ready.clear_ready();
+                }
+            }
+            _ = tick.tick() => {
+                {
+                    let mut d = daemon.borrow_mut();
+                    d.drain(&mut ring);
+                    d.sweep();
+                    d.report_lost();
+                }
+                refresh_networks(&daemon).await;
+            }
+            Some(()) = async { hup.as_mut()?.recv().await } => {
+                daemon.borrow_mut().reload("SIGHUP");
+            }
+            true = watcher.changed() => {
+                daemon.borrow_mut().reload("a change in the policy directory");
+            }
+            Some(()) = async { term.as_mut()?.recv().await } => break,
+            Some(()) = async { int.as_mut()?.recv().await } => break,
+        }
+    }
+    let mut d = daemon.borrow_mut();
+    d.drain(&mut ring);
+    d.shutdown();
+    0
+}
+
+/// Hostname lookups of every session that has some due, one session at a time.
+async fn refresh_networks(daemon: &Rc<RefCell<Daemon>>) {
+    let due: Vec<u32> = {
+        let d = daemon.borrow();
+        let now = tokio::time::Instant::now();
+        d.sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.network
+                    .as_ref()
+                    .and_then(|n| n.hostnames.next_due())
+                    .is_some_and(|at| at <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    };
+    for id in due {
+        // The session's network leaves the daemon while its lookups run, so that other
+        // requests are served meanwhile; nothing else touches it.
+        let Some(mut network) = daemon
+            .borrow_mut()
+            .sessions
+            .get_mut(&id)
+            .and_then(|s| s.network.take())
+        else {
+            continue;
+        };
+        let warnings = {
+            // The kernel tables are swapped under the borrow, after the lookups.
+            let mut hosts = network.policy.network.hosts.clone();
+            let (changed, failures) = network.hostnames.refresh_due(&mut hosts).await;
+            let mut d = daemon.borrow_mut();
+            let mut warnings: Vec<String> = failures
+                .iter()
+                .map(crate::network::live::lookup_warning)
+                .collect();
+            if changed {
+                warnings.extend(network.install_hosts(&mut d.guard, hosts));
+            }
+            warnings
+        };
+        let mut d = daemon.borrow_mut();
+        for warning in warnings {
+            eprintln!(
+                "agent-guard daemon: session {}: {warning}",
+                session_label(id)
+            );
+        }
+        if let Some(session) = d.sessions.get_mut(&id) {
+            session.network = Some(network);
+        }
+    }
+}
+
+fn announce(daemon: &Daemon) {
+    eprintln!(
+        "agent-guard daemon: enforcing: {} {} programs ({} hooks) pinned in {}, {} sessions adopted{}, control socket {}, events to {}, started in {} ms",
+        daemon.origin.programs,
+        if daemon.origin.programs == "adopted" { "the" } else { "and pinned" },
+        daemon.origin.hooks,
+        daemon.config.pin_dir.display(),
+        daemon.origin.adopted_sessions.len(),
+        if daemon.origin.adopted_sessions.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", daemon.origin.adopted_sessions.join(", "))
+        },
+        daemon.config.socket.display(),
+        daemon.config.events.display(),
+        daemon.origin.start_ms,
+    );
+}
+
+/// Tells systemd (Type=notify) the daemon is ready, when started by it.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    if bytes.first() == Some(&b'@') {
+        use std::os::linux::net::SocketAddrExt as _;
+        if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..]) {
+            let _ = socket.send_to_addr(state.as_bytes(), &addr);
+        }
+    } else {
+        let _ = socket.send_to(state.as_bytes(), &path);
+    }
+}
+
+/// The record of a session's start or end.
+#[derive(Serialize)]
+struct SessionEvent<'a> {
+    time: String,
+    kind: &'static str,
+    session: String,
+    policy: &'a str,
+    uid: u32,
+    pid: u32,
+    command: &'a str,
+    origin: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counts: Option<registry::Counts>,
+}
+
+/// The record of a policy reload.
+#[derive(Serialize)]
+struct ReloadEvent<'a> {
+    time: String,
+    kind: &'static str,
+    trigger: &'a str,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+impl Daemon {
+    /// Writes a record to the event log and to the followers.
+    pub fn emit<T: Serialize>(&mut self, session: u32, uid: Option<u32>, record: &T) {
+        if self.writer.write(record).is_err() {
+            self.write_errors += 1;
+        }
+        let Ok(json) = serde_json::to_string(record) else {
+            return;
+        };
+        let line = EventLine {
+            session,
+            uid,
+            json: Arc::from(json),
+        };
+        if self.recent.len() == RECENT_EVENTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(line.clone());
+        let _ = self.followers.send(line);
+    }
+
+    /// Reads every decision waiting in the ring buffer.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let mut decisions = Vec::new();
+        while let Some(item) = ring.next() {
+            match Decision::decode(&item) {
+                Ok(decision) => decisions.push(decision),
+                Err(e) => eprintln!("agent-guard daemon: undecodable event: {e}"),
+            }
+        }
+        for d in decisions {
+            self.decision(&d);
+        }
+    }
+
+    fn decision(&mut self, d: &Decision) {
+        let time = self.clock.rfc3339(d.ktime_ns);
+        let Some(session) = self.sessions.get_mut(&d.session) else {
+            // A session this daemon does not know (a standalone `run`'s programs have
+            // their own ring buffer, so this is a session whose record was lost): the
+            // decision is still reported, with rule numbers for names.
+            let record = DecisionRecord::new(d, time, "<unknown session>", &[], None);
+            let record = serde_json::to_value(&record).unwrap_or_default();
+            self.emit(d.session, None, &record);
+            return;
+        };
+        session.counts.add(d.decision);
+        let hostname =
+            crate::events::deciding_hostname(d, &session.record.rule_hosts, session.hostnames());
+        let record = DecisionRecord::new(
+            d,
+            time,
+            &session.record.policy,
+            &session.record.rule_names,
+            hostname,
+        );
+        // Serialized here: the record borrows the session.
+        let value = serde_json::to_value(&record).unwrap_or_default();
+        let uid = session.record.uid;
+        self.emit(d.session, Some(uid), &value);
+    }
+
+    /// Reports events the ring buffer dropped since the last report.
+    pub fn report_lost(&mut self) {
+        let Ok(stats) = self.guard.stats() else {
+            return;
+        };
+        if stats.lost > self.lost_reported {
+            let record = LostRecord {
+                time: self.clock.now(),
+                kind: "lost-events",
+                session: "*".into(),
+                policy: "*",
+                lost: stats.lost - self.lost_reported,
+                lost_total: stats.lost,
+            };
+            self.lost_reported = stats.lost;
+            self.emit(0, None, &record);
+        }
+    }
+
+    /// Live processes of each session, counting a `run` whose first process has not
+    /// exec'd yet as alive while that process lives.
+    pub fn members(&mut self) -> std::collections::BTreeMap<u32, usize> {
+        let mut counts = self.guard.tasks_by_session();
+        for (id, session) in &mut self.sessions {
+            if let Some(pid) = session.pending {
+                if self.guard.enrolment_pending(pid) && super::peer::alive(pid) {
+                    *counts.entry(*id).or_insert(0) += 1;
+                } else if self.guard.enrolment_pending(pid) {
+                    self.guard.cancel_enrolment(pid);
+                    session.pending = None;
+                } else {
+                    session.pending = None;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Ends every session whose last process is gone.
+    pub fn sweep(&mut self) {
+        let members = self.members();
+        let ended: Vec<u32> = self
+            .sessions
+            .keys()
+            .filter(|id| members.get(id).copied().unwrap_or(0) == 0)
+            .copied()
+            .collect();
+        for id in ended {
+            self.end_session(id);
+        }
+    }
+
+    fn end_session(&mut self, id: u32) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.guard.remove_session(id);
+        self.store.remove(id);
+        let record = SessionEvent {
+            time: self.clock.now(),
+            kind: "session-end",
+            session: session_label(id),
+            policy: &session.record.policy,
+            uid: session.record.uid,
+            pid: session.record.root_pid,
+            command: &session.record.command,
+            origin: &session.record.origin,
+            counts: Some(session.counts),
+        };
+        let value = serde_json::to_value(&record).unwrap_or_default();
+        self.emit(id, Some(session.record.uid), &value);
+    }
+
+    /// Registers a new session and reports its start.
+    pub fn begin_session(&mut self, session: Session) {
+        let id = session.record.session;
+        if let Err(e) = self.store.save(&session.record) {
+            eprintln!(
+                "agent-guard daemon: cannot record session {} (a restarted daemon would not know it): {e}",
+                session_label(id)
+            );
+        }
+        let record = SessionEvent {
+            time: self.clock.now(),
+            kind: "session-start",
+            session: session_label(id),
+            policy: &session.record.policy,
+            uid: session.record.uid,
+            pid: session.record.root_pid,
+            command: &session.record.command,
+            origin: &session.record.origin,
+            counts: None,
+        };
+        let value = serde_json::to_value(&record).unwrap_or_default();
+        let uid = session.record.uid;
+        self.sessions.insert(id, session);
+        self.emit(id, Some(uid), &value);
+    }
+
+    /// Takes back the sessions of the previous daemon that still have processes; the
+    /// records of the others are cleaned up with their maps.
+    pub fn adopt_sessions(&mut self) {
+        let (records, bad) = self.store.load_all();
+        for file in bad {
+            eprintln!("agent-guard daemon: ignoring unreadable session record {file}");
+        }
+        let live = self.guard.tasks_by_session();
+        for record in records {
+            let id = record.session;
+            if live.get(&id).copied().unwrap_or(0) == 0 {
+                // It ended while no daemon was running.
+                self.sessions.insert(
+                    id,
+                    Session {
+                        record,
+                        counts: registry::Counts::default(),
+                        pending: None,
+                        network: None,
+                        seen: Default::default(),
+                    },
+                );
+                self.end_session(id);
+                continue;
+            }
+            self.origin.adopted_sessions.push(session_label(id));
+            self.sessions.insert(
+                id,
+                Session {
+                    record,
+                    counts: registry::Counts::default(),
+                    pending: None,
+                    network: None,
+                    seen: Default::default(),
+                },
+            );
+        }
+    }
+
+    /// Validates the configuration directory's policies again and, only when every one
+    /// is valid, puts the new set in force for sessions that start from now on. Running
+    /// sessions keep the policy they were started with, so none is ever without one.
+    pub fn reload(&mut self, trigger: &str) {
+        let outcome = super::config::PolicySet::load(&self.config);
+        self.reloaded_at = registry::now();
+        let error = match outcome {
+            Ok(set) => {
+                self.policies = set;
+                self.reload_error = None;
+                eprintln!("agent-guard daemon: policies reloaded ({trigger})");
+                None
+            }
+            Err(errors) => {
+                let text = errors
+                    .iter()
+                    .map(PolicyError::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                eprintln!(
+                    "agent-guard daemon: policy reload ({trigger}) refused; the previous policies stay in force:\n{text}"
+                );
+                self.reload_error = Some(text.clone());
+                Some(text)
+            }
+        };
+        let record = ReloadEvent {
+            time: self.clock.now(),
+            kind: "policy-reload",
+            trigger,
+            outcome: if error.is_some() {
+                "refused"
+            } else {
+                "applied"
+            },
+            error: error.as_deref(),
+        };
+        let value = serde_json::to_value(&record).unwrap_or_default();
+        self.emit(0, None, &value);
+    }
+
+    /// Leaves: the pinned programs keep guarding every running session. With none
+    /// running, the pins are removed and the programs detach.
+    pub fn shutdown(&mut self) {
+        self.sweep();
+        if self.sessions.is_empty() {
+            let _ = std::fs::remove_file(&self.config.socket);
+            match crate::bpf::Guard::unpin(&self.config.pin_dir) {
+                Ok(()) => eprintln!(
+                    "agent-guard daemon: stopped; no session was running, the programs are detached"
+                ),
+                Err(e) => eprintln!(
+                    "agent-guard daemon: stopped; cannot remove {}: {e}",
+                    self.config.pin_dir.display()
+                ),
+            }
+            let _ = std::fs::remove_file(super::object_id_file(&self.config));
+        } else {
+            let _ = std::fs::remove_file(&self.config.socket);
+            eprintln!(
+                "agent-guard daemon: stopped; {} sessions stay guarded by the programs pinned in {} until a daemon adopts them",
+                self.sessions.len(),
+                self.config.pin_dir.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! The daemon (issue #5): sessions outlive its death, unprivileged group members start
+//! sessions through it and nobody else does, sessions cannot reach it, a bad policy reload
+//! changes nothing, and garbage on its socket leaves it serving.
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    daemonfix::{Daemon, NOBODY},
+    fixture::{Fixture, PRECIOUS, PROBE},
+};
+
+/// How long a session may take in the emulated VM.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Lets uid 65534 into the fixture and write its workspace.
+fn open_to_nobody(fx: &Fixture) {
+    fs::set_permissions(&fx.root, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&fx.ws, fs::Permissions::from_mode(0o777)).unwrap();
+}
+
+/// The number in `path`, 0 while it does not exist yet.
+fn progress(path: &std::path::Path) -> u32 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SESSION_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn sessions_stay_guarded_while_the_daemon_is_killed_and_restarted() {
+    let fx = Fixture::new("daemon-kill");
+    open_to_nobody(&fx);
+    fx.write("prod/keep", PRECIOUS);
+    let stop = fx.path("stop");
+    let counter = fx.path("ws/progress");
+    // Each round: one operation the policy refuses, one it allows; `ag-probe` exits 1 for
+    // EPERM and 0 for success.
+    let script = format!(
+        r#"i=0
+while [ ! -e {stop} ]; do
+  i=$((i+1))
+  {probe} unlink {keep} >/dev/null; echo "deny $i $?"
+  {probe} create {ws}/f$i >/dev/null; echo "allow $i $?"
+  echo $i > {counter}
+done"#,
+        stop = stop.display(),
+        probe = PROBE,
+        keep = fx.s("prod/keep"),
+        ws = fx.ws.display(),
+        counter = counter.display(),
+    );
+    let mut daemon = Daemon::new(&fx, "kill");
+    daemon.start();
+    let loaded = daemon.status();
+    assert_eq!(loaded["programs"]["origin"], "loaded");
+    let session = daemon
+        .client_as_nobody(true, &fx.ws, &["run", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the session through the daemon");
+
+    wait_until("3 rounds with the daemon alive", || progress(&counter) >= 3);
+    daemon.kill9();
+    assert!(
+        daemon.pins.join("links/task_alloc").exists(),
+        "the links stay pinned after SIGKILL"
+    );
+    let killed_at = progress(&counter);
+    wait_until("3 rounds without a daemon", || {
+        progress(&counter) >= killed_at + 3
+    });
+    daemon.start();
+    let restarted_at = progress(&counter);
+    wait_until("3 rounds after the restart", || {
+        progress(&counter) >= restarted_at + 3
+    });
+    fs::write(&stop, "").unwrap();
+    let out = session.wait_with_output().expect("wait for the session");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "run failed: {stderr}");
+
+    let mut rounds = 0;
+    for line in stdout.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["deny", i, rc] => {
+                assert_eq!(*rc, "1", "round {i}: the unlink was not refused with EPERM")
+            }
+            ["allow", i, rc] => {
+                assert_eq!(*rc, "0", "round {i}: the allowed create failed");
+                rounds += 1;
+            }
+            _ => panic!("unexpected output: {line}"),
+        }
+    }
+    assert!(
+        rounds >= 9,
+        "only {rounds} rounds ran (progress {killed_at} at the kill, {restarted_at} at the restart, {} at the end):\n{stdout}\nstderr:\n{stderr}\ndaemon:\n{}",
+        progress(&counter),
+        daemon.log()
+    );
+    fx.assert_intact("prod/keep");
+
+    let adopted = daemon.status();
+    assert_eq!(adopted["programs"]["origin"], "adopted", "{adopted}");
+    let adopted_sessions = adopted["adopted_sessions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(adopted_sessions.len(), 1, "{adopted}");
+    let id = adopted_sessions[0].as_str().unwrap().to_owned();
+    // The restarted daemon reports the session's decisions, including those the ring
+    // buffer kept while no daemon read it, and then its end.
+    let events = daemon.events();
+    let denials = events
+        .iter()
+        .filter(|e| e["session"] == id.as_str() && e["op"] == "unlink" && e["decision"] == "deny")
+        .count();
+    assert!(
+        denials >= 3,
+        "the restarted daemon reported {denials} denials"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["session"] == id.as_str() && e["kind"] == "session-end"),
+        "no session-end for {id}"
+    );
+    assert!(stderr.contains(&format!("session {id} ended")), "{stderr}");
+    assert!(
+        daemon.log().contains("1 sessions adopted"),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.stop().success());
+    assert!(
+        !daemon.pins.exists(),
+        "a daemon stopped with no session left removes its pins"
+    );
+}
+
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn group_members_start_sessions_without_privileges_and_others_are_refused() {
+    let fx = Fixture::new("daemon-group");
+    open_to_nobody(&fx);
+    fx.write("prod/keep", PRECIOUS);
+    let mut daemon = Daemon::new(&fx, "group");
+    daemon.start();
+    let socket = fs::metadata(&daemon.socket).unwrap();
+    assert_eq!(socket.permissions().mode() & 0o777, 0o660);
+
+    let member = daemon
+        .client_as_nobody(
+            true,
+            &fx.ws,
+            &[
+                "run",
+                "--events",
+                "-",
+                "--",
+                "sh",
+                "-c",
+                &format!(
+                    "{PROBE} create mine; {PROBE} unlink {}; id -u",
+                    fx.s("prod/keep")
+                ),
+            ],
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&member.stdout);
+    let stderr = String::from_utf8_lossy(&member.stderr);
+    assert!(member.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("ok "), "{stdout}");
+    assert!(lines[1].starts_with("EPERM "), "{stdout}");
+    assert_eq!(
+        lines[2],
+        NOBODY.to_string(),
+        "the session runs as the member, unprivileged"
+    );
+    fx.assert_intact("prod/keep");
+    assert!(fx.ws.join("mine").exists());
+    // The member sees the decision on its own stderr, with its uid.
+    let denial = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["op"] == "unlink")
+        .unwrap_or_else(|| panic!("no unlink event on stderr:\n{stderr}"));
+    assert_eq!(denial["decision"], "deny");
+    assert_eq!(denial["uid"], NOBODY);
+    assert_eq!(denial["rule"], "outside-writable-scope");
+
+    let outsider = daemon
+        .client_as_nobody(false, &fx.ws, &["run", "--", PROBE, "create", "theirs"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&outsider.stderr);
+    assert_eq!(outsider.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(
+        stderr.contains("agent-guard"),
+        "the refusal names the group: {stderr}"
+    );
+    assert!(!fx.ws.join("theirs").exists(), "the command never ran");
+    // Without a daemon to serve it, a non-root `run` is refused too, never unguarded.
+    let standalone = daemon
+        .client_as_nobody(
+            true,
+            &fx.ws,
+            &["run", "--standalone", "--", PROBE, "create", "x"],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(standalone.status.code(), Some(125));
+    assert!(!fx.ws.join("x").exists());
+}
+
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn a_session_cannot_reach_the_control_socket() {
+    let fx = Fixture::new("daemon-inside");
+    open_to_nobody(&fx);
+    let mut daemon = Daemon::new(&fx, "inside");
+    daemon.start();
+    let socket = daemon.socket.display().to_string();
+    let agent_guard = crate::fixture::agent_guard_bin().display().to_string();
+    // From inside a session: a raw connect, then the client asking for a looser session
+    // and for the daemon's sessions.
+    let script = format!(
+        "{PROBE} unix-connect {socket}; AGENT_GUARD_SOCKET={socket} {agent_guard} run --policy-name open -- true; echo run=$?; AGENT_GUARD_SOCKET={socket} {agent_guard} sessions; echo sessions=$?"
+    );
+    let out = daemon
+        .client_as_nobody(true, &fx.ws, &["run", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("EPERM "),
+        "connect from inside: {stdout}\n{stderr}"
+    );
+    assert!(lines.contains(&"run=125"), "{stdout}\n{stderr}");
+    assert!(lines.contains(&"sessions=125"), "{stdout}\n{stderr}");
+    let refusals = daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["op"] == "connect" && e["socket_path"] == socket.as_str())
+        .map(|e| e["rule"].as_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>();
+    assert!(refusals.len() >= 3, "{refusals:?}");
+    assert!(
+        refusals.iter().all(|r| r == "self-protection"),
+        "{refusals:?}"
+    );
+    // The daemon itself is untouched and serves the outside.
+    assert!(daemon.client(&["sessions"]).status.success());
+}
+
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn a_bad_policy_reload_keeps_the_old_policies_in_force() {
+    let fx = Fixture::new("daemon-reload");
+    open_to_nobody(&fx);
+    fx.write("prod/keep", PRECIOUS);
+    let mut daemon = Daemon::new(&fx, "reload");
+    fs::write(
+        daemon.policy_dir.join("strict.toml"),
+        "version = 1\nmode = \"enforce\"\n",
+    )
+    .unwrap();
+    daemon.start();
+    let run_strict = |daemon: &Daemon| {
+        daemon
+            .client_as_nobody(
+                true,
+                &fx.ws,
+                &[
+                    "run",
+                    "--policy-name",
+                    "strict",
+                    "--",
+                    PROBE,
+                    "unlink",
+                    &fx.s("prod/keep"),
+                ],
+            )
+            .output()
+            .unwrap()
+    };
+    let before = run_strict(&daemon);
+    assert!(String::from_utf8_lossy(&before.stdout).starts_with("EPERM "));
+
+    // An edit that breaks the file: the daemon notices the change itself, and SIGHUP too.
+    fs::write(
+        daemon.policy_dir.join("strict.toml"),
+        "version = 1\nmode = \"sometimes\"\n",
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until("the reload to be reported", || {
+        !daemon.status()["reload"]["error"].is_null()
+    });
+    let status = daemon.client(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "status says something is wrong: {text}"
+    );
+    assert!(
+        text.contains("strict.toml:2:8"),
+        "the error is located: {text}"
+    );
+    let after = run_strict(&daemon);
+    assert!(
+        String::from_utf8_lossy(&after.stdout).starts_with("EPERM "),
+        "the old policy stays in force"
+    );
+    fx.assert_intact("prod/keep");
+    let events = daemon.events();
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "policy-reload" && e["outcome"] == "refused"));
+
+    // Fixed: the next reload goes through.
+    fs::write(daemon.policy_dir.join("strict.toml"), "version = 1\n").unwrap();
+    wait_until("the fixed policy to be taken", || {
+        daemon.status()["reload"]["error"].is_null()
+    });
+}
+
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn garbage_on_the_control_socket_gets_errors_and_the_daemon_keeps_serving() {
+    let fx = Fixture::new("daemon-garbage");
+    let mut daemon = Daemon::new(&fx, "garbage");
+    daemon.start();
+    let huge = vec![b'x'; 300 * 1024];
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("binary", b"\x00\x01\x02\xff\n".to_vec()),
+        ("not json", b"hello daemon\n".to_vec()),
+        ("unknown request", b"{\"request\":\"shutdown\"}\n".to_vec()),
+        ("missing fields", b"{\"request\":\"run\"}\n".to_vec()),
+        (
+            "extra field",
+            b"{\"request\":\"status\",\"as\":\"root\"}\n".to_vec(),
+        ),
+        ("oversized", huge),
+    ];
+    for (what, bytes) in cases {
+        let reply = daemon.raw(&bytes);
+        let reply: serde_json::Value = serde_json::from_str(&reply)
+            .unwrap_or_else(|e| panic!("{what}: the reply is not JSON ({e}): {reply:?}"));
+        assert_eq!(reply["ok"], false, "{what}: {reply}");
+        assert!(
+            reply["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {reply}"
+        );
+    }
+    // A client that connects and says nothing, and one that hangs up mid-message.
+    let silent = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    let _ = daemon.raw(b"{\"request\":");
+    assert!(
+        daemon.client(&["status"]).status.success(),
+        "{}",
+        daemon.log()
+    );
+    drop(silent);
+    // A `run` naming a process that is not the client's child is refused.
+    let reply = daemon.raw(
+        b"{\"request\":\"run\",\"pid\":1,\"cwd\":\"/\",\"command\":[\"x\"],\"policy\":null}\n",
+    );
+    assert!(
+        reply.contains("is not a child of the requesting process"),
+        "{reply}"
+    );
+    assert!(daemon.client(&["sessions"]).status.success());
+}
+
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn the_base_policy_binds_every_session_through_the_daemon() {
+    let fx = Fixture::new("daemon-base");
+    open_to_nobody(&fx);
+    fx.mkdir("ws/secrets");
+    fs::set_permissions(fx.path("ws/secrets"), fs::Permissions::from_mode(0o777)).unwrap();
+    fx.write("ws/secrets/token", PRECIOUS);
+    fs::set_permissions(
+        fx.path("ws/secrets/token"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let mut daemon = Daemon::new(&fx, "base");
+    fs::write(
+        &daemon.base,
+        "version = 1\nextends = \"builtin:default\"\n[[rule]]\nname = \"no-secrets\"\naction = \"deny\"\npaths = [\"${WORKSPACE}/secrets\"]\n",
+    )
+    .unwrap();
+    daemon.start();
+    // The session's own policy is the default; the base still refuses the secrets.
+    let out = daemon
+        .client_as_nobody(
+            true,
+            &fx.ws,
+            &[
+                "run",
+                "--events",
+                "-",
+                "--",
+                PROBE,
+                "unlink",
+                "secrets/token",
+            ],
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.starts_with("EPERM "), "{stdout}\n{stderr}");
+    assert!(stderr.contains("\"rule\":\"base:no-secrets\""), "{stderr}");
+    fx.assert_intact("ws/secrets/token");
+    // A session policy that would open them up is refused, with the place to fix.
+    let looser = fx.write(
+        "looser.toml",
+        "version = 1\n[[rule]]\nname = \"open\"\naction = \"allow\"\npaths = [\"${WORKSPACE}/secrets\"]\n",
+    );
+    fs::set_permissions(&looser, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = daemon
+        .client_as_nobody(
+            true,
+            &fx.ws,
+            &[
+                "run",
+                "--policy",
+                looser.to_str().unwrap(),
+                "--",
+                PROBE,
+                "unlink",
+                "secrets/token",
+            ],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("looser.toml:5:"),
+        "the error is located: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "the command never ran");
+    fx.assert_intact("ws/secrets/token");
+}
