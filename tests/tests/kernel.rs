@@ -22,7 +22,7 @@
 //!
 //! Attacking the guard through its own files (configuration, runtime, state and log
 //! directories, pinned BPF objects, cgroup control files, the daemon's socket) in
-//! `selfprotect_paths`.
+//! `selfprotect_paths`; the mandatory base policy in /etc/agent-guard in `base_policy`.
 //!
 //! The network row in `network`, against real servers (loopback, this host's end of a veth
 //! pair, a network namespace at the other end) and a real dnsmasq, with the fixtures in
@@ -48,6 +48,8 @@ mod session;
 
 #[path = "kernel/aliases.rs"]
 mod aliases;
+#[path = "kernel/base_policy.rs"]
+mod base_policy;
 #[path = "kernel/coverage.rs"]
 mod coverage;
 #[path = "kernel/destruction.rs"]

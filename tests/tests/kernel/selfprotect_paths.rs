@@ -300,7 +300,7 @@ fn a_session_that_may_write_everything_cannot_touch_agent_guards_own_files() {
         .unwrap_or_else(|e| panic!("outsider open {procs} for writing: {e}"));
     // The child cgroup is empty: killing it kills nothing.
     fs::write(&kill, "1").unwrap_or_else(|e| panic!("outsider write {kill}: {e}"));
-    let mut outsider = UnixStream::connect(socket_path)
+    let outsider = UnixStream::connect(socket_path)
         .unwrap_or_else(|e| panic!("outsider connect {socket_path}: {e}"));
     let (mut served, _) = listener.accept().expect("accept the outsider");
     drop(outsider.shutdown(std::net::Shutdown::Write));
