@@ -386,3 +386,45 @@ unix = ["@/tmp/.X11-unix/X0"]
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Self-protection on this host's own /sys/fs/bpf: `policy check` refuses a policy that
+/// would open it, pointing at the entry, and `policy explain` names the built-in rule.
+#[test]
+fn self_protection_is_checked_and_explained() {
+    assert!(
+        std::path::Path::new("/sys/fs/bpf").is_dir(),
+        "this test needs /sys/fs/bpf (sysfs is mounted on every Linux host)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "[filesystem]\nwritable = [\"${WORKSPACE}\", \"/sys/fs/bpf\"]\n",
+    )
+    .unwrap();
+    let out = agent_guard()
+        .current_dir(dir.path())
+        .args(["policy", "check"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:29: ", policy.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rule `self-protection`"), "{stderr}");
+    let out = agent_guard()
+        .current_dir(dir.path())
+        .args(["policy", "explain", "--format", "json", "--op", "create"])
+        .arg("/sys/fs/bpf/pinned")
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(json["decision"], "deny");
+    assert_eq!(json["rule"], "self-protection");
+    assert_eq!(json["attached_at"], "/sys/fs/bpf");
+    assert!(json.get("written_at").is_none(), "built in: {json}");
+}

@@ -20,6 +20,10 @@
 //! Writes through descriptors the session inherited, shared writable mappings, times,
 //! unmounting, pivot_root and the remaining io_uring operations in `coverage`.
 //!
+//! Attacking the guard through its own files (configuration, runtime, state and log
+//! directories, pinned BPF objects, cgroup control files, the daemon's socket) in
+//! `selfprotect_paths`; the mandatory base policy in /etc/agent-guard in `base_policy`.
+//!
 //! The network row in `network`, against real servers (loopback, this host's end of a veth
 //! pair, a network namespace at the other end) and a real dnsmasq, with the fixtures in
 //! `netfix`.
@@ -46,6 +50,8 @@ mod session;
 
 #[path = "kernel/aliases.rs"]
 mod aliases;
+#[path = "kernel/base_policy.rs"]
+mod base_policy;
 #[path = "kernel/coverage.rs"]
 mod coverage;
 #[path = "kernel/daemon.rs"]
@@ -68,6 +74,8 @@ mod network;
 mod operations;
 #[path = "kernel/protected.rs"]
 mod protected;
+#[path = "kernel/selfprotect_paths.rs"]
+mod selfprotect_paths;
 #[path = "kernel/shipped.rs"]
 mod shipped;
 

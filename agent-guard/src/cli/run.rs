@@ -5,7 +5,11 @@
 //! `run` stays alive until the last process of the session is gone, because its loaded
 //! programs are what guards them.
 use std::{
-    collections::BTreeMap, ffi::OsString, net::IpAddr, os::fd::AsRawFd as _, path::PathBuf,
+    collections::BTreeMap,
+    ffi::OsString,
+    net::IpAddr,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -25,7 +29,7 @@ use crate::{
         EventWriter, LostRecord,
     },
     network::live::{self, LiveNetwork},
-    policy::{Policy, ResolvedPolicy, SessionContext},
+    policy::{combine, Policy, ResolvedPolicy, SessionContext, BASE_POLICY_PATH},
     selfcheck::{require_bpf_lsm, run_canary},
     session::{
         become_subreaper, children_of, random_session_id, spawn_enrolled, wait_all, SpawnError,
@@ -54,6 +58,23 @@ pub struct RunArgs {
     /// The command to guard, and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// The session's policy, combined with the administrator's mandatory base policy when
+/// [`BASE_POLICY_PATH`] exists. A base that exists but cannot be read or used stops the
+/// session: it is mandatory.
+fn resolve_under_base(policy: &Policy, ctx: &SessionContext) -> Result<ResolvedPolicy, String> {
+    let base_path = Path::new(BASE_POLICY_PATH);
+    match std::fs::symlink_metadata(base_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            policy.resolve(ctx).map_err(|e| e.to_string())
+        }
+        _ => {
+            let base =
+                Policy::load(base_path).map_err(|e| format!("the mandatory base policy: {e}"))?;
+            combine(&base, policy, ctx).map_err(|e| e.to_string())
+        }
+    }
 }
 
 pub fn run(args: RunArgs) -> i32 {
@@ -98,10 +119,10 @@ pub fn run(args: RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let resolved = match policy.resolve(&ctx) {
+    let resolved = match resolve_under_base(&policy, &ctx) {
         Ok(resolved) => resolved,
-        Err(e) => {
-            eprintln!("agent-guard: {e}");
+        Err(message) => {
+            eprintln!("agent-guard: {message}");
             return EXIT_USAGE;
         }
     };

@@ -50,7 +50,7 @@ pub const SELF_PROTECTED: &[SelfProtected] = &[
         path: "/run/agent-guard",
         access: Access::Connect,
         why: "the daemon's control socket: a session must not ask the daemon to start, widen \
-              or approve anything (the daemon refuses its sessions' peers too)",
+              or approve anything (the daemon is to refuse its sessions' peers as well)",
     },
     SelfProtected {
         path: "/var/lib/agent-guard",
@@ -215,14 +215,17 @@ fn identities(path: &Path) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Where a path really is, and the identities (device, inode) on its way up.
+type Place = (PathBuf, Vec<(u64, u64)>);
+
 /// Answers "is A at or below B" on real locations, caching what it resolves.
 #[derive(Default)]
 pub struct Places {
-    real: HashMap<PathBuf, Option<(PathBuf, Vec<(u64, u64)>)>>,
+    real: HashMap<PathBuf, Option<Place>>,
 }
 
 impl Places {
-    fn get(&mut self, path: &Path) -> Option<&(PathBuf, Vec<(u64, u64)>)> {
+    fn get(&mut self, path: &Path) -> Option<&Place> {
         self.real
             .entry(path.to_path_buf())
             .or_insert_with(|| {
@@ -278,6 +281,70 @@ mod tests {
         assert!(rules.iter().all(|r| r.name == SELF_PROTECTION_RULE
             && r.action == Action::Deny
             && r.paths.iter().all(|p| p.optional)));
+    }
+
+    /// A session on its own (no base policy): `resolve` refuses what would lift the rule,
+    /// wherever it is written, and accepts a scope that merely holds a protected path.
+    #[test]
+    fn resolve_refuses_every_entry_that_would_lift_self_protection() {
+        use crate::policy::{Policy, ResolveError, SessionContext};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        for d in ["ws", "conf/sub", "run"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink(dir.path().join("conf"), dir.path().join("ws/conf-link"))
+            .unwrap();
+        let builtin = rules_for(&[
+            (format!("{root}/conf"), Access::Modify),
+            (format!("{root}/run"), Access::Connect),
+            (format!("{root}/absent"), Access::Modify),
+        ]);
+        let ctx = SessionContext {
+            workspace: dir.path().join("ws"),
+            home: None,
+        };
+        let text = format!(
+            "[filesystem]\nwritable = [\"{root}\", \"{root}/conf/sub\", \"${{WORKSPACE}}/conf-link\", \"{root}/**/*.toml\", \"{root}/ws/**/*.toml\"]\n[[rule]]\nname = \"watch\"\naction = \"audit\"\npaths = [\"{root}/conf\"]\n[[network.rule]]\nname = \"socks\"\naction = \"allow\"\nunix = [\"{root}/run\"]\n"
+        );
+        let policy = Policy::parse("p.toml", &text).unwrap();
+        let problems = policy.resolve_with(&ctx, &builtin).unwrap_err().flatten();
+        let at: Vec<(usize, String)> = problems
+            .iter()
+            .map(|p| {
+                let ResolveError::Refused {
+                    location,
+                    message,
+                    hint,
+                } = p
+                else {
+                    panic!("expected a refusal, got {p}");
+                };
+                assert!(
+                    hint.contains("self-protection") || hint.contains("pattern"),
+                    "{hint}"
+                );
+                (location.line, message.clone())
+            })
+            .collect();
+        // `{root}` itself and the pattern beside the protected tree are fine; the absent
+        // protected path is skipped.
+        assert_eq!(at.len(), 5, "{at:#?}");
+        assert!(at[0].1.contains("conf/sub` would open"), "{}", at[0].1);
+        assert!(at[1].1.contains("conf-link` would open"), "{}", at[1].1);
+        assert!(at[2].1.contains("could match inside"), "{}", at[2].1);
+        assert_eq!(at[3].0, 6, "the audit rule's entry");
+        assert!(at[4].1.contains("connect to unix sockets"), "{}", at[4].1);
+        assert!(at.iter().all(|(_, m)| m.contains("rule `self-protection`")));
+        // The same policy without those entries resolves, with the built-in rules first.
+        let fine = Policy::parse(
+            "p.toml",
+            &format!("[filesystem]\nwritable = [\"{root}\", \"{root}/ws/**/*.toml\"]\n"),
+        )
+        .unwrap();
+        let resolved = fine.resolve_with(&ctx, &builtin).unwrap();
+        assert_eq!(resolved.rules[0].name, SELF_PROTECTION_RULE);
+        assert_eq!(resolved.rules[2].name, "writable");
     }
 
     #[test]
