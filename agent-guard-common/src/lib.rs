@@ -97,6 +97,22 @@ pub const OP_BIND: u32 = 28;
 pub const OP_LISTEN: u32 = 29;
 /// Creating a raw or packet socket.
 pub const OP_SOCKET: u32 = 30;
+/// Handing the kernel code or policy to load: a module (init_module, finit_module), a
+/// kexec image or initramfs, an IMA policy. `Event::detail` is the kernel's
+/// `kernel_read_file_id` (the same numbers as `kernel_load_data_id`).
+pub const OP_KERNEL_LOAD: u32 = 31;
+
+// What the kernel is asked to load (`enum kernel_read_file_id` and `enum
+// kernel_load_data_id`, the same numbers in both and unchanged from Linux 5.10 to 6.18).
+/// Firmware a driver requests; loaded on behalf of a device, allowed.
+pub const LOAD_FIRMWARE: u32 = 1;
+pub const LOAD_MODULE: u32 = 2;
+pub const LOAD_KEXEC_IMAGE: u32 = 3;
+pub const LOAD_KEXEC_INITRAMFS: u32 = 4;
+/// An IMA policy written to securityfs.
+pub const LOAD_POLICY: u32 = 5;
+/// A certificate the kernel reads for its keyrings; allowed.
+pub const LOAD_X509_CERTIFICATE: u32 = 6;
 
 // Decisions (Event::decision).
 /// The operation was refused with `Event::errno`.
@@ -141,6 +157,9 @@ pub const RULE_ABSTRACT_UNIX: u32 = 14;
 /// An IP socket of a protocol that can reach a destination without passing the connect and
 /// send hooks (SCTP connects through setsockopt).
 pub const RULE_UNCHECKED_PROTOCOL: u32 = 15;
+/// Sessions may not load kernel modules, kexec images or security policies into the
+/// kernel: kernel code runs beyond every hook.
+pub const RULE_NO_KERNEL_LOAD: u32 = 16;
 /// Rule codes from here up name a rule of the session's policy: `rule - RULE_POLICY_BASE`
 /// is its index in the policy's rule list. Codes below are the built-in reasons above.
 pub const RULE_POLICY_BASE: u32 = 0x100;

@@ -189,7 +189,16 @@ const HOOKS: &[Hook] = &[
         program: "unix_may_send",
         required: true,
     },
-    // Self-protection: no signals or ptrace outside the session, no bpf(2).
+    // Self-protection: no signals or ptrace outside the session, no bpf(2), no modules,
+    // kexec images or IMA policies.
+    Hook {
+        program: "kernel_read_file",
+        required: true,
+    },
+    Hook {
+        program: "kernel_load_data",
+        required: true,
+    },
     Hook {
         program: "task_kill",
         required: true,

@@ -398,6 +398,11 @@ impl Output {
             signal: (d.op == "signal").then_some(d.detail),
             ptrace_mode: (d.op == "ptrace").then_some(d.detail),
             bpf_command: (d.op == "bpf").then_some(d.detail),
+            kernel_object: if d.op == "kernel-load" {
+                crate::events::kernel_object_name(d.detail)
+            } else {
+                None
+            },
             family: net.map(|n| n.family.as_str()),
             protocol: net.and_then(|n| n.protocol.as_deref()),
             socket_type: net.and_then(|n| n.socket_type.as_deref()),
