@@ -36,6 +36,10 @@ pub const MAX_POLICY_RULES: usize = 256;
 pub const MAX_DEVICE_ENTRIES: u32 = 4096;
 /// Processes waiting to be enrolled into a session at their next exec.
 pub const MAX_PENDING_ENROLMENTS: u32 = 256;
+/// Processes (tgids) attached to sessions while already running, across all sessions.
+pub const MAX_ATTACHED_PROCESSES: u32 = 16_384;
+/// Cgroups attached to sessions, across all sessions.
+pub const MAX_ATTACHED_CGROUPS: u32 = 1024;
 /// Open files whose refused writes a session in audit mode has reported, remembered so that
 /// each is reported once rather than at every write. Least recently used ones are
 /// forgotten first; a forgotten one is reported again at its next write.
@@ -327,8 +331,9 @@ pub struct KernelOffsets {
     pub msghdr_msg_name: u32,
     pub msghdr_msg_namelen: u32,
     pub sock_sk_type: u32,
+    pub task_pid: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 47 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 48 * 4);
 
 /// ioctl(2) request with which user space asks the kernel side for the identity (device,
 /// inode) the hooks will see for an open file. `stat` can disagree: on overlayfs a regular

@@ -13,7 +13,7 @@ use crate::{
     kernel::{file_path, off, path_parts, read_u32},
     maps::TASKS,
     report::{decide, Finding, Location},
-    session::{current_session, enter},
+    session::{attached_process, current_session, enter},
 };
 
 /// `PTRACE_MODE_ATTACH`: the access would let the caller change the target (ptrace attach,
@@ -21,11 +21,16 @@ use crate::{
 /// /proc/PID/environ, the exe link) stay allowed so that process listings keep working.
 const PTRACE_MODE_ATTACH: u32 = 0x02;
 
-/// Whether `task` belongs to `session`.
+/// Whether `task` belongs to `session`: it joined, or its process is attached to the
+/// session and has not reached a hook yet.
 #[inline(always)]
 pub fn in_session(task: u64, session: u32) -> bool {
     // SAFETY: u32 value.
-    unsafe { TASKS.get(&task) }.is_some_and(|s| *s == session)
+    if unsafe { TASKS.get(&task) }.is_some_and(|s| *s == session) {
+        return true;
+    }
+    read_u32(task, off!(task_tgid))
+        .is_ok_and(|tgid| attached_process(tgid).is_some_and(|s| s == session))
 }
 
 #[inline(always)]

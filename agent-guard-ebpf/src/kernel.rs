@@ -61,6 +61,7 @@ pub(crate) static AG_OFFSETS: KernelOffsets = KernelOffsets {
     msghdr_msg_name: 0,
     msghdr_msg_namelen: 0,
     sock_sk_type: 0,
+    task_pid: 0,
 };
 
 /// The offset of one kernel field, as user space set it.

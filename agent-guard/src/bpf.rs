@@ -334,12 +334,20 @@ impl Guard {
         Ok(Self { ebpf, attached })
     }
 
-    fn hash_map<K: aya::Pod, V: aya::Pod>(
+    pub(crate) fn hash_map<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>, LoadError> {
         let map = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
         HashMap::try_from(map).map_err(|source| LoadError::Map { map: name, source })
+    }
+
+    pub(crate) fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<aya::maps::Array<&mut MapData, V>, LoadError> {
+        let map = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+        aya::maps::Array::try_from(map).map_err(|source| LoadError::Map { map: name, source })
     }
 
     /// The (device, inode) the hooks see for `path`, asked of the kernel side itself. `stat`
