@@ -36,6 +36,10 @@ pub const MAX_POLICY_RULES: usize = 256;
 pub const MAX_DEVICE_ENTRIES: u32 = 4096;
 /// Processes waiting to be enrolled into a session at their next exec.
 pub const MAX_PENDING_ENROLMENTS: u32 = 256;
+/// Processes (tgids) attached to sessions while already running, across all sessions.
+pub const MAX_ATTACHED_PROCESSES: u32 = 16_384;
+/// Cgroups attached to sessions, across all sessions.
+pub const MAX_ATTACHED_CGROUPS: u32 = 1024;
 /// Open files whose refused writes a session in audit mode has reported, remembered so that
 /// each is reported once rather than at every write. Least recently used ones are
 /// forgotten first; a forgotten one is reported again at its next write.
@@ -97,6 +101,22 @@ pub const OP_BIND: u32 = 28;
 pub const OP_LISTEN: u32 = 29;
 /// Creating a raw or packet socket.
 pub const OP_SOCKET: u32 = 30;
+/// Handing the kernel code or policy to load: a module (init_module, finit_module), a
+/// kexec image or initramfs, an IMA policy. `Event::detail` is the kernel's
+/// `kernel_read_file_id` (the same numbers as `kernel_load_data_id`).
+pub const OP_KERNEL_LOAD: u32 = 31;
+
+// What the kernel is asked to load (`enum kernel_read_file_id` and `enum
+// kernel_load_data_id`, the same numbers in both and unchanged from Linux 5.10 to 6.18).
+/// Firmware a driver requests; loaded on behalf of a device, allowed.
+pub const LOAD_FIRMWARE: u32 = 1;
+pub const LOAD_MODULE: u32 = 2;
+pub const LOAD_KEXEC_IMAGE: u32 = 3;
+pub const LOAD_KEXEC_INITRAMFS: u32 = 4;
+/// An IMA policy written to securityfs.
+pub const LOAD_POLICY: u32 = 5;
+/// A certificate the kernel reads for its keyrings; allowed.
+pub const LOAD_X509_CERTIFICATE: u32 = 6;
 
 // Decisions (Event::decision).
 /// The operation was refused with `Event::errno`.
@@ -141,6 +161,9 @@ pub const RULE_ABSTRACT_UNIX: u32 = 14;
 /// An IP socket of a protocol that can reach a destination without passing the connect and
 /// send hooks (SCTP connects through setsockopt).
 pub const RULE_UNCHECKED_PROTOCOL: u32 = 15;
+/// Sessions may not load kernel modules, kexec images or security policies into the
+/// kernel: kernel code runs beyond every hook.
+pub const RULE_NO_KERNEL_LOAD: u32 = 16;
 /// Rule codes from here up name a rule of the session's policy: `rule - RULE_POLICY_BASE`
 /// is its index in the policy's rule list. Codes below are the built-in reasons above.
 pub const RULE_POLICY_BASE: u32 = 0x100;
@@ -308,8 +331,9 @@ pub struct KernelOffsets {
     pub msghdr_msg_name: u32,
     pub msghdr_msg_namelen: u32,
     pub sock_sk_type: u32,
+    pub task_pid: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 47 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 48 * 4);
 
 /// ioctl(2) request with which user space asks the kernel side for the identity (device,
 /// inode) the hooks will see for an open file. `stat` can disagree: on overlayfs a regular

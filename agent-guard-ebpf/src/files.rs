@@ -15,8 +15,8 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use crate::{
     guard::in_session,
     kernel::{
-        arg_from_end, creds_overridden, file_path, off, path_parts, proc_inode_task, read_u16,
-        read_u32, read_u64, Unreadable,
+        arg_from_end, creds_overridden, file_path, is_pidfd, off, path_parts, proc_inode_task,
+        read_u16, read_u32, read_u64, Unreadable,
     },
     maps::{AUDITED_FILES, DEVICES, PATTERNS},
     report::{apply, apply_finding, audit_mode, decide, deny_at, Finding, Location},
@@ -357,7 +357,7 @@ pub fn path_link(ctx: LsmContext) -> i32 {
 
 /// Whether writing to the object at `(mnt, dentry)` is allowed: regular files and block
 /// devices inside a scope, character devices the policy lists, and anything that is not a
-/// file on a filesystem (pipes, sockets). A regular file with several names is refused
+/// file on a filesystem (pipes, sockets, pidfds). A regular file with several names is refused
 /// because one of its other names may lie outside the scope; a file with no name left
 /// (memfd, O_TMPFILE, unlinked) destroys nothing anyone can reach by path.
 #[inline(always)]
@@ -381,7 +381,7 @@ fn check_writable(session: u32, mnt: u64, dentry: u64) -> Checked {
     };
     match mode & S_IFMT {
         S_IFREG => {
-            if nlink == 0 {
+            if nlink == 0 || is_pidfd(dentry).unwrap_or(false) {
                 return ALLOWED;
             }
             // A session's own processes' /proc files (comm, oom_score_adj, uid_map for

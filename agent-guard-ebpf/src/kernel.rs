@@ -61,6 +61,7 @@ pub(crate) static AG_OFFSETS: KernelOffsets = KernelOffsets {
     msghdr_msg_name: 0,
     msghdr_msg_namelen: 0,
     sock_sk_type: 0,
+    task_pid: 0,
 };
 
 /// The offset of one kernel field, as user space set it.
@@ -181,6 +182,18 @@ pub fn mounted_on(mnt: u64) -> Result<Option<MountPoint>, Unreadable> {
 
 /// `PROC_SUPER_MAGIC`: the superblock magic of procfs.
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+
+/// `PIDFS_MAGIC`: the superblock magic of pidfs, where Linux 6.9 and later keep the inodes
+/// of pidfds (regular files that no path reaches).
+const PIDFS_MAGIC: u64 = 0x5049_4446;
+
+/// Whether `dentry` is a pidfd's: opening one for writing (pidfd_open(2) does) modifies
+/// nothing by itself, and what it is used for (signals, pidfd_getfd) has its own hooks.
+#[inline(always)]
+pub fn is_pidfd(dentry: u64) -> Result<bool, Unreadable> {
+    let sb = read_u64(dentry, off!(dentry_d_sb))?;
+    Ok(read_u64(sb, off!(super_block_s_magic))? == PIDFS_MAGIC)
+}
 
 /// The task a procfs inode describes (`/proc/PID/...`, `/proc/PID/task/TID/...`), or `None`
 /// for any other inode, including procfs files that belong to no process (`/proc/sys`,

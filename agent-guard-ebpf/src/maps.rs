@@ -2,13 +2,13 @@
 //! before a session's first command runs and reads `EVENTS` and `STATS`.
 use agent_guard_common::{
     AbstractKey, Event, NetKey, NetRules, NetVerdict, PatternSet, RuleEntry, ScopeKey,
-    SessionConfig, EVENT_RING_BYTES, MAX_ABSTRACT_ENTRIES, MAX_AUDITED_FILES, MAX_DEVICE_ENTRIES,
-    MAX_NET_ENTRIES, MAX_PENDING_ENROLMENTS, MAX_RULE_ENTRIES, MAX_SESSIONS, MAX_SESSION_TASKS,
-    STAT_SLOTS,
+    SessionConfig, EVENT_RING_BYTES, MAX_ABSTRACT_ENTRIES, MAX_ATTACHED_CGROUPS,
+    MAX_ATTACHED_PROCESSES, MAX_AUDITED_FILES, MAX_DEVICE_ENTRIES, MAX_NET_ENTRIES,
+    MAX_PENDING_ENROLMENTS, MAX_RULE_ENTRIES, MAX_SESSIONS, MAX_SESSION_TASKS, STAT_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Live tasks of all guarded sessions: `task_struct` address to session id. Filled by the
@@ -21,6 +21,25 @@ pub static TASKS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SESSION_TASK
 /// `TASKS` and removes the entry, which tells user space that enrolment happened.
 #[map]
 pub static ENROLL: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PENDING_ENROLMENTS, 0);
+
+/// Processes (by tgid) put into a session while already running (`agent-guard attach`).
+/// Each of their threads joins `TASKS` at its first hooked operation, before that
+/// operation is decided (`session::current_session`). The entry of a process leaves when
+/// its group leader's `task_struct` is freed, so that a reused pid is not taken for it.
+#[map]
+pub static ATTACH_TGID: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ATTACHED_PROCESSES, 0);
+
+/// Cgroups (v2 id: the inode number of the cgroup directory) put into a session: a task in
+/// one joins at its first hooked operation or at exec, whoever forked it (a systemd unit's
+/// later processes are forked by pid 1 and moved into the unit's cgroup).
+#[map]
+pub static ATTACH_CGROUP: HashMap<u64, u32> = HashMap::with_max_entries(MAX_ATTACHED_CGROUPS, 0);
+
+/// Slot 0: non-zero while `ATTACH_TGID` or `ATTACH_CGROUP` may hold entries (user space
+/// keeps it at their number of entries). While it is zero a task outside `TASKS` costs
+/// this one array lookup and nothing more.
+#[map]
+pub static ATTACH_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Settings of each session. A session missing here is treated as enforcing.
 #[map]

@@ -206,7 +206,16 @@ const HOOKS: &[Hook] = &[
         program: "unix_may_send",
         required: true,
     },
-    // Self-protection: no signals or ptrace outside the session, no bpf(2).
+    // Self-protection: no signals or ptrace outside the session, no bpf(2), no modules,
+    // kexec images or IMA policies.
+    Hook {
+        program: "kernel_read_file",
+        required: true,
+    },
+    Hook {
+        program: "kernel_load_data",
+        required: true,
+    },
     Hook {
         program: "task_kill",
         required: true,
@@ -473,6 +482,14 @@ impl Guard {
     ) -> Result<HashMap<&mut MapData, K, V>, LoadError> {
         let map = self.map_mut(name)?;
         HashMap::try_from(map).map_err(|source| LoadError::Map { map: name, source })
+    }
+
+    pub(crate) fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<aya::maps::Array<&mut MapData, V>, LoadError> {
+        let map = self.map_mut(name)?;
+        aya::maps::Array::try_from(map).map_err(|source| LoadError::Map { map: name, source })
     }
 
     /// The (device, inode) the hooks see for `path`, asked of the kernel side itself. `stat`

@@ -11,15 +11,17 @@ use std::net::IpAddr;
 use agent_guard_common::{
     Event, EventHeader, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, AF_UNIX, DECISION_AUDIT,
     DECISION_DENY, EVENT_DATA_LEN, EVENT_DECISION, EVENT_PATHS, FLAG_ABSTRACT_NAME, FLAG_NETWORK,
-    FLAG_PATH_TRUNCATED, OP_BIND, OP_BPF, OP_CHMOD, OP_CHOWN, OP_CONNECT, OP_CREATE, OP_EXEC,
-    OP_FORK, OP_LINK, OP_LISTEN, OP_MKDIR, OP_MMAP, OP_MOUNT, OP_OPEN_WRITE, OP_PIVOT_ROOT,
-    OP_PTRACE, OP_READ, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SEND, OP_SETXATTR, OP_SIGNAL,
-    OP_SOCKET, OP_SYMLINK, OP_TRUNCATE, OP_UMOUNT, OP_UNLINK, OP_UTIMES, OP_WRITE, PATH_EXE,
-    PATH_TARGET, PATH_TARGET2, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    RULE_ABSTRACT_UNIX, RULE_EGRESS_DEFAULT, RULE_LISTEN, RULE_LOCAL_DESTINATION, RULE_MOUNT,
-    RULE_MULTI_LINK, RULE_NO_BPF, RULE_OUTSIDE_SCOPE, RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP,
-    RULE_POLICY_BASE, RULE_RAW_SOCKET, RULE_SCOPE_ROOT, RULE_SESSION_TABLE_FULL,
-    RULE_UNCHECKED_PROTOCOL, RULE_UNRESOLVED, SOCK_DGRAM, SOCK_RAW, SOCK_SEQPACKET, SOCK_STREAM,
+    FLAG_PATH_TRUNCATED, LOAD_FIRMWARE, LOAD_KEXEC_IMAGE, LOAD_KEXEC_INITRAMFS, LOAD_MODULE,
+    LOAD_POLICY, LOAD_X509_CERTIFICATE, OP_BIND, OP_BPF, OP_CHMOD, OP_CHOWN, OP_CONNECT, OP_CREATE,
+    OP_EXEC, OP_FORK, OP_KERNEL_LOAD, OP_LINK, OP_LISTEN, OP_MKDIR, OP_MMAP, OP_MOUNT,
+    OP_OPEN_WRITE, OP_PIVOT_ROOT, OP_PTRACE, OP_READ, OP_REMOVEXATTR, OP_RENAME, OP_RMDIR, OP_SEND,
+    OP_SETXATTR, OP_SIGNAL, OP_SOCKET, OP_SYMLINK, OP_TRUNCATE, OP_UMOUNT, OP_UNLINK, OP_UTIMES,
+    OP_WRITE, PATH_EXE, PATH_TARGET, PATH_TARGET2, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, RULE_ABSTRACT_UNIX, RULE_EGRESS_DEFAULT, RULE_LISTEN, RULE_LOCAL_DESTINATION,
+    RULE_MOUNT, RULE_MULTI_LINK, RULE_NO_BPF, RULE_NO_KERNEL_LOAD, RULE_OUTSIDE_SCOPE,
+    RULE_OUTSIDE_SESSION, RULE_PATH_TOO_DEEP, RULE_POLICY_BASE, RULE_RAW_SOCKET, RULE_SCOPE_ROOT,
+    RULE_SESSION_TABLE_FULL, RULE_UNCHECKED_PROTOCOL, RULE_UNRESOLVED, SOCK_DGRAM, SOCK_RAW,
+    SOCK_SEQPACKET, SOCK_STREAM,
 };
 use serde::Serialize;
 
@@ -64,6 +66,7 @@ pub fn op_name(op: u32) -> Result<&'static str, DecodeError> {
         OP_BIND => "bind",
         OP_LISTEN => "listen",
         OP_SOCKET => "socket",
+        OP_KERNEL_LOAD => "kernel-load",
         value => {
             return Err(DecodeError::Unknown {
                 field: "operation",
@@ -123,6 +126,7 @@ pub fn rule_name(rule: u32) -> Result<&'static str, DecodeError> {
         RULE_RAW_SOCKET => "raw-socket",
         RULE_ABSTRACT_UNIX => "abstract-unix-socket",
         RULE_UNCHECKED_PROTOCOL => "unchecked-protocol",
+        RULE_NO_KERNEL_LOAD => "no-kernel-load",
         value => {
             return Err(DecodeError::Unknown {
                 field: "rule",
@@ -130,6 +134,20 @@ pub fn rule_name(rule: u32) -> Result<&'static str, DecodeError> {
             })
         }
     })
+}
+
+/// What a `kernel-load` event's detail says the kernel was asked to load, named as the
+/// kernel names it (`kernel_read_file_str`).
+pub fn kernel_object_name(id: u32) -> Option<&'static str> {
+    match id {
+        LOAD_FIRMWARE => Some("firmware"),
+        LOAD_MODULE => Some("kernel-module"),
+        LOAD_KEXEC_IMAGE => Some("kexec-image"),
+        LOAD_KEXEC_INITRAMFS => Some("kexec-initramfs"),
+        LOAD_POLICY => Some("security-policy"),
+        LOAD_X509_CERTIFICATE => Some("x509-certificate"),
+        _ => None,
+    }
 }
 
 pub fn errno_name(errno: u32) -> Option<&'static str> {
@@ -431,6 +449,9 @@ pub struct DecisionRecord<'a> {
     pub ptrace_mode: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_command: Option<u32>,
+    /// What a `kernel-load` asked the kernel to load (`kernel-module`, `kexec-image`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_object: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub family: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -484,6 +505,11 @@ impl<'a> DecisionRecord<'a> {
             signal: (d.op == "signal").then_some(d.detail),
             ptrace_mode: (d.op == "ptrace").then_some(d.detail),
             bpf_command: (d.op == "bpf").then_some(d.detail),
+            kernel_object: if d.op == "kernel-load" {
+                kernel_object_name(d.detail)
+            } else {
+                None
+            },
             family: net.map(|n| n.family.as_str()),
             protocol: net.and_then(|n| n.protocol.as_deref()),
             socket_type: net.and_then(|n| n.socket_type.as_deref()),
@@ -679,12 +705,19 @@ mod tests {
 
     #[test]
     fn every_operation_has_its_own_name() {
-        let names: Vec<&str> = (1..=30).map(|op| op_name(op).unwrap()).collect();
+        let names: Vec<&str> = (1..=31).map(|op| op_name(op).unwrap()).collect();
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{names:?}");
-        assert!(op_name(31).is_err());
+        assert!(op_name(32).is_err());
+    }
+
+    #[test]
+    fn every_builtin_reason_is_named_and_reserved() {
+        let names: Vec<&str> = (1..=16).map(|rule| rule_name(rule).unwrap()).collect();
+        assert!(rule_name(17).is_err());
+        assert_eq!(names, crate::policy::BUILTIN_REASONS);
     }
 
     #[test]

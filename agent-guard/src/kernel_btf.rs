@@ -299,6 +299,7 @@ impl KernelBtf {
             mount_mnt_mountpoint: self.offset_of("mount", "mnt_mountpoint")?,
             task_real_parent: self.offset_of("task_struct", "real_parent")?,
             task_tgid: self.offset_of("task_struct", "tgid")?,
+            task_pid: self.offset_of("task_struct", "pid")?,
             task_mm: self.offset_of("task_struct", "mm")?,
             mm_exe_file: self.offset_of("mm_struct", "exe_file")?,
             super_block_s_magic: self.offset_of("super_block", "s_magic")?,

@@ -5,6 +5,7 @@
 //! - [`policy`]: the policy language, parsed and validated, then resolved at session start.
 //! - [`kernel_btf`]: structure offsets of the running kernel, for the BPF programs.
 //! - [`bpf`]: loading and attaching the BPF LSM programs and filling their maps.
+//! - [`attach`]: putting a process tree or a cgroup that is already running into a session.
 //! - [`selfcheck`]: proving that the kernel really enforces before anything runs.
 //! - [`session`]: starting a command inside a session and waiting for all of it.
 //! - [`events`]: decoding decisions and writing them as JSON lines.
@@ -13,6 +14,7 @@
 //! - [`client`]: talking to the daemon over its control socket.
 //! - [`paths`]: where agent-guard keeps things on a host.
 //! - [`cli`]: one module per subcommand.
+pub mod attach;
 pub mod bpf;
 pub mod cli;
 pub mod client;

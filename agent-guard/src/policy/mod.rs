@@ -107,6 +107,7 @@ pub const BUILTIN_REASONS: &[&str] = &[
     "raw-socket",
     "abstract-unix-socket",
     "unchecked-protocol",
+    "no-kernel-load",
 ];
 
 /// Longest rule name.
