@@ -73,7 +73,25 @@ pub async fn connection(daemon: Rc<RefCell<Daemon>>, stream: UnixStream) {
         Request::Started { session, pid } => {
             started(&mut daemon.borrow_mut(), &peer, &session, pid)
         }
-        Request::Attach { .. } => Response::error("attach is not available in this build", ""),
+        Request::Attach {
+            pid,
+            cgroup,
+            policy,
+            policy_name,
+            cwd,
+            label,
+        } => {
+            attach(
+                &daemon,
+                &peer,
+                Target { pid, cgroup },
+                policy,
+                policy_name,
+                &cwd,
+                label,
+            )
+            .await
+        }
         Request::Sessions => sessions(&mut daemon.borrow_mut(), &peer),
         Request::Status => status(&mut daemon.borrow_mut()),
         Request::Reload => {
@@ -222,12 +240,7 @@ async fn run(
     };
     let (hostnames, warnings) = live::prepare(&mut resolved).await;
     let mut d = daemon.borrow_mut();
-    let session = loop {
-        let id = crate::session::random_session_id();
-        if !d.sessions.contains_key(&id) && !d.guard.tasks_by_session().contains_key(&id) {
-            break id;
-        }
-    };
+    let session = new_session_id(&mut d);
     if let Err(e) = d.guard.add_session(session, &resolved) {
         d.guard.remove_session(session);
         return Response::error(format!("cannot install the session's policy: {e}"), "");
@@ -264,6 +277,119 @@ async fn run(
         response.data = serde_json::json!({ "warnings": warnings });
     }
     response
+}
+
+/// What `attach` puts into a session.
+struct Target {
+    pid: Option<u32>,
+    cgroup: Option<std::path::PathBuf>,
+}
+
+/// Puts a running process tree or a cgroup into a new session (root only, checked by
+/// [`authorize`]).
+#[allow(clippy::too_many_arguments)]
+async fn attach(
+    daemon: &Rc<RefCell<Daemon>>,
+    peer: &Peer,
+    target: Target,
+    policy: Option<PolicyText>,
+    policy_name: Option<String>,
+    cwd: &Path,
+    label: String,
+) -> Response {
+    let owner = match (&target.pid, &target.cgroup) {
+        (Some(pid), None) => match peer::uid_of(*pid) {
+            Some(uid) => uid,
+            None => return Response::error(format!("no process {pid}"), "check the pid with `ps`"),
+        },
+        (None, Some(path)) if path.is_dir() => peer.uid,
+        (None, Some(path)) => {
+            return Response::error(
+                format!("{} is not a cgroup directory", path.display()),
+                "give a directory under /sys/fs/cgroup, or --unit NAME.service",
+            )
+        }
+        _ => return Response::error("give exactly one of a pid and a cgroup", ""),
+    };
+    if target.pid == Some(std::process::id()) {
+        return Response::error("the daemon cannot guard itself", "");
+    }
+    let ctx = SessionContext {
+        workspace: cwd.to_owned(),
+        home: home_of(owner),
+    };
+    let mut resolved = {
+        let mut d = daemon.borrow_mut();
+        let mut resolved =
+            match session_policy(&d, peer, policy.as_ref(), policy_name.as_deref(), &ctx) {
+                Ok(resolved) => resolved,
+                Err(e) => return Response::error(e, ""),
+            };
+        if let Err(e) = d.guard.identify_policy(&mut resolved) {
+            return Response::error(
+                format!("cannot resolve the policy's paths in the kernel: {e}"),
+                "",
+            );
+        }
+        resolved
+    };
+    let (hostnames, warnings) = live::prepare(&mut resolved).await;
+    let mut d = daemon.borrow_mut();
+    let session = new_session_id(&mut d);
+    if let Err(e) = d.guard.add_session(session, &resolved) {
+        d.guard.remove_session(session);
+        return Response::error(format!("cannot install the session's policy: {e}"), "");
+    }
+    let attached = match (&target.pid, &target.cgroup) {
+        (Some(pid), _) => d.guard.attach_pids(session, *pid),
+        (None, Some(path)) => d.guard.attach_cgroup(session, path),
+        (None, None) => unreachable!("checked above"),
+    };
+    let attached = match attached {
+        Ok(attached) => attached,
+        Err(e) => {
+            let _ = d.guard.detach_all(session);
+            d.guard.remove_session(session);
+            return Response::error(format!("cannot attach: {e}"), "");
+        }
+    };
+    let network = LiveNetwork::new(session, resolved, hostnames);
+    let record = SessionRecord {
+        session,
+        origin: "attach".into(),
+        uid: owner,
+        root_pid: target.pid.unwrap_or(0),
+        command: label,
+        cwd: cwd.to_owned(),
+        policy: network.policy.source.clone(),
+        mode: network.policy.mode.as_str().into(),
+        started: super::registry::now(),
+        rule_names: network.policy.rule_names(),
+        rule_hosts: network.rule_hosts(),
+        cgroup: target.cgroup.clone(),
+    };
+    d.begin_session(Session {
+        record,
+        counts: Counts::default(),
+        pending: None,
+        network: Some(network),
+        seen: Default::default(),
+    });
+    let mut response = Response::ok();
+    response.session = Some(session_label(session));
+    response.data = serde_json::json!({ "attached": attached, "warnings": warnings });
+    response
+}
+
+/// A session id no live session has, in the daemon or in the kernel's tables.
+fn new_session_id(daemon: &mut Daemon) -> u32 {
+    let live = daemon.guard.tasks_by_session();
+    loop {
+        let id = crate::session::random_session_id();
+        if !daemon.sessions.contains_key(&id) && !live.contains_key(&id) {
+            return id;
+        }
+    }
 }
 
 /// The client's child has exec'd: it must be in the session now, or it is killed.

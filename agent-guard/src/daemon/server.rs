@@ -321,10 +321,22 @@ impl Daemon {
     }
 
     /// Live processes of each session, counting a `run` whose first process has not
-    /// exec'd yet as alive while that process lives.
+    /// exec'd yet as alive while that process lives, the attached processes that have not
+    /// reached a hook yet, and an attached cgroup as alive while it exists (a unit's next
+    /// process joins it).
     pub fn members(&mut self) -> std::collections::BTreeMap<u32, usize> {
         let mut counts = self.guard.tasks_by_session();
         for (id, session) in &mut self.sessions {
+            if session.record.origin == "attach" {
+                let waiting = self
+                    .guard
+                    .attached_processes(*id)
+                    .into_iter()
+                    .filter(|pid| super::peer::alive(*pid))
+                    .count();
+                let cgroup = session.record.cgroup.as_ref().is_some_and(|c| c.is_dir());
+                *counts.entry(*id).or_insert(0) += waiting + usize::from(cgroup);
+            }
             if let Some(pid) = session.pending {
                 if self.guard.enrolment_pending(pid) && super::peer::alive(pid) {
                     *counts.entry(*id).or_insert(0) += 1;
@@ -357,6 +369,12 @@ impl Daemon {
         let Some(session) = self.sessions.remove(&id) else {
             return;
         };
+        if let Err(e) = self.guard.detach_all(id) {
+            eprintln!(
+                "agent-guard daemon: session {}: cannot remove its attachments: {e}",
+                session_label(id)
+            );
+        }
         self.guard.remove_session(id);
         self.store.remove(id);
         let record = SessionEvent {
