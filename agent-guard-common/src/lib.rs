@@ -367,3 +367,9 @@ mod pod {
     unsafe impl aya::Pod for super::AbstractKey {}
     unsafe impl aya::Pod for super::NetVerdict {}
 }
+
+/// `MEMBERSHIP` values: the question is open; the target is in no session; the target is
+/// in the session in the low 32 bits.
+pub const MEMBERSHIP_ASKING: u64 = 0;
+pub const MEMBERSHIP_NONE: u64 = 1 << 32;
+pub const MEMBERSHIP_IN: u64 = 2 << 32;

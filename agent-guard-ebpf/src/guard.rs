@@ -4,14 +4,15 @@
 //! its memory, steal its file descriptors with pidfd_getfd, detach the programs through
 //! bpf(2), or load a module or kexec a kernel that no hook watches.
 use agent_guard_common::{
-    EPERM, LOAD_KEXEC_IMAGE, LOAD_KEXEC_INITRAMFS, LOAD_MODULE, LOAD_POLICY, OP_BPF,
-    OP_KERNEL_LOAD, OP_PTRACE, OP_SIGNAL, RULE_NO_BPF, RULE_NO_KERNEL_LOAD, RULE_OUTSIDE_SESSION,
+    EPERM, LOAD_KEXEC_IMAGE, LOAD_KEXEC_INITRAMFS, LOAD_MODULE, LOAD_POLICY, MEMBERSHIP_IN,
+    MEMBERSHIP_NONE, OP_BPF, OP_KERNEL_LOAD, OP_PTRACE, OP_SIGNAL, RULE_NO_BPF,
+    RULE_NO_KERNEL_LOAD, RULE_OUTSIDE_SESSION,
 };
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
     kernel::{file_path, off, path_parts, read_u32},
-    maps::TASKS,
+    maps::{MEMBERSHIP, TASKS},
     report::{decide, Finding, Location},
     session::{attached_process, current_session, enter},
 };
@@ -53,11 +54,37 @@ fn refuse(session: u32, op: u32, rule: u32, task: u64, detail: u32, allow: i32) 
     decide(session, &finding, allow)
 }
 
+/// Answers the daemon's question "is the target in a session?" (see `MEMBERSHIP`), decided
+/// on the target's `task_struct` rather than on a pid the daemon read somewhere.
+#[inline(always)]
+fn answer_membership(target: u64) {
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: u64 value.
+    if unsafe { MEMBERSHIP.get(&tgid) }.is_none() {
+        return;
+    }
+    // SAFETY: u32 value.
+    let session = match unsafe { TASKS.get(&target) } {
+        Some(session) => Some(*session),
+        None => read_u32(target, off!(task_tgid))
+            .ok()
+            .and_then(attached_process),
+    };
+    let answer = match session {
+        Some(session) => MEMBERSHIP_IN | u64::from(session),
+        None => MEMBERSHIP_NONE,
+    };
+    let _ = MEMBERSHIP.insert(&tgid, &answer, 0);
+}
+
 /// `task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct
 /// cred *cred)`: signals from a session reach only its own processes. Signal 0 (an
-/// existence probe) is allowed.
+/// existence probe) is allowed, and from the daemon it asks whether the target is guarded.
 #[lsm(hook = "task_kill")]
 pub fn task_kill(ctx: LsmContext) -> i32 {
+    if ctx.arg::<i32>(2) == 0 {
+        answer_membership(ctx.arg::<*const u8>(0) as u64);
+    }
     let (session, allow) = match enter(&ctx, 4) {
         Ok(entered) => entered,
         Err(verdict) => return verdict,

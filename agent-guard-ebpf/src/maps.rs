@@ -99,6 +99,13 @@ pub static RENDER: PerCpuArray<crate::scope::RenderState> = PerCpuArray::with_ma
 #[map]
 pub static IDENTITY: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(64, 0);
 
+/// Answers to membership questions: the daemon puts its tgid here with
+/// [`agent_guard_common::MEMBERSHIP_ASKING`], then sends signal 0 to the process it asks
+/// about; `task_kill` answers on the target's own task (see `guard::answer_membership`).
+/// Only processes outside every session can write it (a session has no bpf(2)).
+#[map]
+pub static MEMBERSHIP: HashMap<u32, u64> = HashMap::with_max_entries(64, 0);
+
 /// Destinations of each session's connect and send rules: session and address prefix to the
 /// ordered port rules that decide there (see `agent_guard_common::NetRules`). Loopback and
 /// the host's own addresses are in it too, refused unless a rule names them; an address

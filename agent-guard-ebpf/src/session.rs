@@ -149,6 +149,12 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         let _ = current_session();
         return allow;
     };
+    // A member of a session never moves to another: it would take whatever the other
+    // policy allows. It stays where it is, and the entry stays, so whoever enrolled it
+    // sees that it was not enrolled and kills it.
+    if current_session().is_some_and(|existing| existing != session) {
+        return allow;
+    }
     if TASKS.insert(&current_task(), &session, 0).is_err() {
         let finding = Finding {
             op: OP_EXEC,

@@ -79,7 +79,14 @@ impl Guard {
         let mut known = BTreeSet::new();
         for _ in 0..MAX_ROUNDS {
             let found = descendants(root)?;
-            let new: Vec<u32> = found.difference(&known).copied().collect();
+            // A process forked by an attached one joined at its fork: only those that
+            // raced with the previous round are left to attach, so a tree that keeps
+            // forking still comes to an end.
+            let new: Vec<u32> = found
+                .difference(&known)
+                .copied()
+                .filter(|&pid| !matches!(self.session_of(pid), Ok(Some(s)) if s == session))
+                .collect();
             if new.is_empty() {
                 self.refresh_switch()?;
                 return Ok(attached);
@@ -138,7 +145,11 @@ impl Guard {
                     }
                 }
             }
-            let new: Vec<u32> = found.difference(&known).copied().collect();
+            let new: Vec<u32> = found
+                .difference(&known)
+                .copied()
+                .filter(|&pid| !matches!(self.session_of(pid), Ok(Some(s)) if s == session))
+                .collect();
             if new.is_empty() {
                 self.refresh_switch()?;
                 return Ok(attached);

@@ -750,6 +750,30 @@ impl Guard {
         counts
     }
 
+    /// The session process `pid` is in, asked of the kernel side, which looks at the
+    /// process's own task (see the `MEMBERSHIP` map): `Ok(None)` when it is in none. An
+    /// error when it cannot be asked (the process is gone, or the map cannot be written);
+    /// callers treat that as a refusal.
+    pub fn session_of(&mut self, pid: u32) -> Result<Option<u32>, IdentifyError> {
+        use agent_guard_common::{MEMBERSHIP_ASKING, MEMBERSHIP_IN, MEMBERSHIP_NONE};
+        let me = std::process::id();
+        let no_answer = || IdentifyError::NoAnswer {
+            path: format!("process {pid}"),
+        };
+        let mut map: HashMap<_, u32, u64> = self.hash_map("MEMBERSHIP").map_err(|_| no_answer())?;
+        map.insert(me, MEMBERSHIP_ASKING, 0)
+            .map_err(|_| no_answer())?;
+        let signalled = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None);
+        let answer = map.get(&me, 0).map_err(|_| no_answer());
+        let _ = map.remove(&me);
+        signalled.map_err(|_| no_answer())?;
+        match answer? {
+            MEMBERSHIP_NONE => Ok(None),
+            a if a & !0xffff_ffff == MEMBERSHIP_IN => Ok(Some(a as u32)),
+            _ => Err(no_answer()),
+        }
+    }
+
     /// Marks process `pid` to join `session` at its next exec.
     pub fn enroll(&mut self, pid: u32, session: u32) -> Result<(), SessionMapError> {
         let mut enroll: HashMap<_, u32, u32> = self.hash_map("ENROLL")?;

@@ -84,6 +84,8 @@ for r in $(seq {repetitions}); do
   wait_ready $P; e=$(now)
   echo "RESULT fresh-wall $(( e - s ))"
   echo "RESULT fresh-own $(sed 's/.*"started_in_ms":\([0-9]*\).*/\1/' $D/status.json)000000"
+  echo "RESULT fresh-load $(sed 's/.*"load_ms":\([0-9]*\).*/\1/' $D/status.json)000000"
+  echo "RESULT fresh-canary $(sed 's/.*"canary_ms":\([0-9]*\).*/\1/' $D/status.json)000000"
   sleep 3
   echo "RESULT rss-kb $(awk '/^VmRSS/ {{print $2}}' /proc/$P/status)"
   echo "RESULT hwm-kb $(awk '/^VmHWM/ {{print $2}}' /proc/$P/status)"
@@ -133,6 +135,11 @@ done
     for (label, key) in [
         ("start to enforcing, fresh (spawn to socket)", "fresh-wall"),
         ("start to enforcing, fresh (daemon's own)", "fresh-own"),
+        (
+            "  of which loading and attaching the programs",
+            "fresh-load",
+        ),
+        ("  of which the canary", "fresh-canary"),
         (
             "start to answering, adopting pins (spawn to socket)",
             "adopt-wall",

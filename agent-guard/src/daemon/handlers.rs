@@ -46,7 +46,8 @@ pub async fn connection(daemon: Rc<RefCell<Daemon>>, stream: UnixStream) {
             return;
         }
     };
-    let allowed = authorize(&daemon.borrow(), &peer, &request);
+    let outside = outside_sessions(&mut daemon.borrow_mut(), &peer);
+    let allowed = outside.and_then(|()| authorize(&daemon.borrow(), &peer, &request));
     if let Err(refusal) = allowed {
         let _ = write_message(&mut write, &refusal).await;
         return;
@@ -112,6 +113,27 @@ pub async fn connection(daemon: Rc<RefCell<Daemon>>, stream: UnixStream) {
     };
     let _ = write_message(&mut write, &response).await;
     let _ = write.shutdown().await;
+}
+
+/// Refuses a peer inside a guarded session, asked of the kernel. The kernel already keeps
+/// sessions from connecting to sockets under /run/agent-guard; this holds wherever the
+/// socket is, and for a descriptor a session got from outside.
+fn outside_sessions(daemon: &mut Daemon, peer: &Peer) -> Result<(), Response> {
+    match daemon.guard.session_of(peer.pid) {
+        Ok(None) => Ok(()),
+        Ok(Some(session)) => Err(Response::error(
+            format!(
+                "process {} is inside guarded session {}; sessions cannot use the daemon",
+                peer.pid,
+                session_label(session)
+            ),
+            "",
+        )),
+        Err(e) => Err(Response::error(
+            format!("cannot tell whether the requesting process is guarded ({e}); refused"),
+            "",
+        )),
+    }
 }
 
 /// Whether `peer` may make `request`.
@@ -461,6 +483,8 @@ fn status(daemon: &mut Daemon) -> Response {
             "object": crate::bpf::object_id(),
         },
         "started_in_ms": daemon.origin.start_ms,
+        "load_ms": daemon.origin.load_ms,
+        "canary_ms": daemon.origin.canary_ms,
         "uptime_seconds": daemon.started.elapsed().as_secs(),
         "adopted_sessions": daemon.origin.adopted_sessions,
         "sessions": daemon.sessions.len(),

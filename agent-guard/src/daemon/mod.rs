@@ -79,8 +79,11 @@ pub struct Origin {
     pub hooks: usize,
     /// Sessions adopted from the previous daemon.
     pub adopted_sessions: Vec<String>,
-    /// Milliseconds from start to enforcing.
+    /// Milliseconds from start to serving, with enforcement proven.
     pub start_ms: u128,
+    /// Of which: loading and attaching the programs, and the canary (0 when adopted).
+    pub load_ms: u128,
+    pub canary_ms: u128,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +137,7 @@ fn start(config_file: &Path, started: Instant) -> Result<(Daemon, RingBuf<MapDat
         return Err(StartError::NotRoot);
     }
     require_bpf_lsm().map_err(|e| unavailable("refusing to start", &e))?;
-    let (guard, ring, programs) = acquire(&config)?;
+    let (guard, ring, programs, timing) = acquire(&config)?;
     let writer = EventWriter::open(Destination::File(config.events.clone())).map_err(|e| {
         unavailable(
             &format!("cannot open the event log {}", config.events.display()),
@@ -164,6 +167,8 @@ fn start(config_file: &Path, started: Instant) -> Result<(Daemon, RingBuf<MapDat
             hooks,
             adopted_sessions: Vec::new(),
             start_ms: 0,
+            load_ms: timing.load_ms,
+            canary_ms: timing.canary_ms,
         },
         group_gid,
         started,
@@ -178,8 +183,15 @@ fn object_id_file(config: &Config) -> PathBuf {
     config.state_dir.join("pinned-object")
 }
 
+/// How long the parts of a fresh start took.
+#[derive(Debug, Default, Clone, Copy)]
+struct Timing {
+    load_ms: u128,
+    canary_ms: u128,
+}
+
 /// Adopts the pinned programs, or loads, pins and checks new ones.
-fn acquire(config: &Config) -> Result<(Guard, RingBuf<MapData>, &'static str), StartError> {
+fn acquire(config: &Config) -> Result<(Guard, RingBuf<MapData>, &'static str, Timing), StartError> {
     let pins = &config.pin_dir;
     let id_file = object_id_file(config);
     let ring_error =
@@ -199,10 +211,15 @@ fn acquire(config: &Config) -> Result<(Guard, RingBuf<MapData>, &'static str), S
         let mut guard =
             Guard::adopt(pins).map_err(|e| unavailable("cannot adopt the pinned programs", &e))?;
         let ring = guard.take_events().map_err(ring_error)?;
-        return Ok((guard, ring, "adopted"));
+        return Ok((guard, ring, "adopted", Timing::default()));
     }
+    let loading = Instant::now();
     let mut guard =
         Guard::load().map_err(|e| unavailable("cannot load the BPF LSM programs", &e))?;
+    let mut timing = Timing {
+        load_ms: loading.elapsed().as_millis(),
+        canary_ms: 0,
+    };
     ensure_bpffs(pins)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| unavailable(&format!("cannot create {}", config.state_dir.display()), &e))?;
@@ -219,14 +236,16 @@ fn acquire(config: &Config) -> Result<(Guard, RingBuf<MapData>, &'static str), S
         let exe = std::env::current_exe()
             .map_err(|e| unavailable("cannot find agent-guard's own executable", &e))?;
         let canary = crate::session::random_session_id() | 0x8000_0000;
+        let checking = Instant::now();
         run_canary(&mut guard, &mut ring, canary, &exe)
             .map_err(|e| unavailable("self-check failed", &e))?;
+        timing.canary_ms = checking.elapsed().as_millis();
         std::fs::write(&id_file, object_id())
             .map_err(|e| unavailable(&format!("cannot write {}", id_file.display()), &e))?;
         Ok(ring)
     })();
     match checked {
-        Ok(ring) => Ok((guard, ring, "loaded")),
+        Ok(ring) => Ok((guard, ring, "loaded", timing)),
         Err(e) => {
             let _ = Guard::unpin(pins);
             Err(e)

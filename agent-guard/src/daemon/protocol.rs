@@ -66,7 +66,7 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
-    /// Re-read the configuration and policies (root only), as on SIGHUP.
+    /// Re-read the policies (root only), as on SIGHUP; config.toml is read at start only.
     Reload,
 }
 

@@ -177,7 +177,7 @@ async fn refresh_networks(daemon: &Rc<RefCell<Daemon>>) {
 
 fn announce(daemon: &Daemon) {
     eprintln!(
-        "agent-guard daemon: enforcing: {} {} programs ({} hooks) pinned in {}, {} sessions adopted{}, control socket {}, events to {}, started in {} ms",
+        "agent-guard daemon: enforcing: {} {} programs ({} hooks) pinned in {}, {} sessions adopted{}, control socket {}, events to {}, started in {} ms (loading {} ms, canary {} ms)",
         daemon.origin.programs,
         if daemon.origin.programs == "adopted" { "the" } else { "and pinned" },
         daemon.origin.hooks,
@@ -191,6 +191,8 @@ fn announce(daemon: &Daemon) {
         daemon.config.socket.display(),
         daemon.config.events.display(),
         daemon.origin.start_ms,
+        daemon.origin.load_ms,
+        daemon.origin.canary_ms,
     );
 }
 

@@ -276,6 +276,45 @@ fn a_session_cannot_reach_the_control_socket() {
 
 #[test]
 #[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn the_daemon_refuses_sessions_wherever_its_socket_is() {
+    let fx = Fixture::new("daemon-elsewhere");
+    open_to_nobody(&fx);
+    fx.write("prod/keep", PRECIOUS);
+    let mut daemon = Daemon::new(&fx, "elsewhere");
+    // Outside /run/agent-guard the kernel lets sessions connect; the daemon asks the kernel
+    // whether the peer is guarded, and refuses.
+    daemon.relocate_socket(&fx.path("alt.sock"));
+    daemon.start();
+    let socket = daemon.socket.display().to_string();
+    let agent_guard = crate::fixture::agent_guard_bin().display().to_string();
+    let looser = fx.write(
+        "open.toml",
+        "version = 1\n[filesystem]\nwritable = [\"/tmp\"]\n",
+    );
+    fs::set_permissions(&looser, fs::Permissions::from_mode(0o644)).unwrap();
+    let script = format!(
+        "AGENT_GUARD_SOCKET={socket} {agent_guard} run --policy {looser} -- {PROBE} unlink {keep}; echo run=$?; AGENT_GUARD_SOCKET={socket} {agent_guard} sessions; echo sessions=$?",
+        looser = looser.display(),
+        keep = fx.s("prod/keep"),
+    );
+    let out = daemon
+        .client_as_nobody(true, &fx.ws, &["run", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("run=2"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("sessions=2"), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("ok pid="),
+        "the looser session never ran: {stdout}"
+    );
+    assert!(stderr.contains("inside guarded session"), "{stderr}");
+    fx.assert_intact("prod/keep");
+}
+
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
 fn a_bad_policy_reload_keeps_the_old_policies_in_force() {
     let fx = Fixture::new("daemon-reload");
     open_to_nobody(&fx);
@@ -467,4 +506,113 @@ fn the_base_policy_binds_every_session_through_the_daemon() {
     );
     assert!(out.stdout.is_empty(), "the command never ran");
     fx.assert_intact("ws/secrets/token");
+}
+
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn attach_pid_guards_a_tree_that_is_already_running() {
+    let fx = Fixture::new("daemon-attach");
+    for name in ["before", "keep", "keep-child"] {
+        fx.write(&format!("prod/{name}"), PRECIOUS);
+    }
+    let mut daemon = Daemon::new(&fx, "attach");
+    daemon.start();
+    let (ready, go, stop) = (fx.path("ready"), fx.path("go"), fx.path("stop"));
+    // A tree started outside any session: a child that was forked before the attach keeps
+    // trying, and the parent tries once before and once after. Their output goes to the
+    // workspace: once attached, the tree may write nowhere else, through descriptors it
+    // opened before the attach included.
+    let script = format!(
+        r#"( while [ ! -e {stop} ]; do [ -e {go} ] && {probe} unlink {keep_child}; sleep 0.05; done > {child_out} ) &
+{probe} unlink {before} > {before_out}
+touch {ready}
+while [ ! -e {go} ]; do sleep 0.05; done
+{probe} unlink {keep} > {after_out}
+{probe} create {ws}/new > {create_out}
+wait"#,
+        stop = stop.display(),
+        go = go.display(),
+        ready = ready.display(),
+        probe = PROBE,
+        keep_child = fx.s("prod/keep-child"),
+        keep = fx.s("prod/keep"),
+        before = fx.s("prod/before"),
+        ws = fx.ws.display(),
+        child_out = fx.s("ws/child.out"),
+        before_out = fx.s("ws/before.out"),
+        after_out = fx.s("ws/after.out"),
+        create_out = fx.s("ws/create.out"),
+    );
+    let mut tree = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(&fx.ws)
+        .spawn()
+        .expect("start the tree");
+    wait_until("the tree to start", || ready.exists());
+    assert!(
+        !fx.path("prod/before").exists(),
+        "unguarded, the tree could delete"
+    );
+
+    let attach = std::process::Command::new(crate::fixture::agent_guard_bin())
+        .args(["attach", "--pid", &tree.id().to_string()])
+        .env("AGENT_GUARD_SOCKET", &daemon.socket)
+        .current_dir(&fx.ws)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&attach.stdout);
+    assert!(
+        attach.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&attach.stderr)
+    );
+    let id = said
+        .split_whitespace()
+        .nth(2)
+        .expect("attach names the session")
+        .to_owned();
+    fs::write(&go, "").unwrap();
+    wait_until("the tree's attempts after the attach", || {
+        fx.path("ws/create.out").exists()
+            && fs::read_to_string(fx.path("ws/child.out")).is_ok_and(|t| t.lines().count() >= 3)
+    });
+    fs::write(&stop, "").unwrap();
+    assert!(tree.wait().unwrap().success());
+
+    let read = |rel: &str| fs::read_to_string(fx.ws.join(rel)).unwrap_or_default();
+    assert!(
+        read("after.out").starts_with("EPERM "),
+        "{}",
+        read("after.out")
+    );
+    assert!(
+        read("create.out").starts_with("ok "),
+        "{}",
+        read("create.out")
+    );
+    let child = read("child.out");
+    assert!(
+        child.lines().all(|l| l.starts_with("EPERM ")),
+        "the child forked before the attach is guarded too:\n{child}"
+    );
+    fx.assert_intact("prod/keep");
+    fx.assert_intact("prod/keep-child");
+    wait_until("the attached session to end", || {
+        daemon
+            .events()
+            .iter()
+            .any(|e| e["session"] == id.as_str() && e["kind"] == "session-end")
+    });
+    let events = daemon.events();
+    let denied: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["session"] == id.as_str() && e["op"] == "unlink" && e["decision"] == "deny")
+        .collect();
+    assert!(denied.len() >= 4, "{denied:?}");
+    let start = events
+        .iter()
+        .find(|e| e["session"] == id.as_str() && e["kind"] == "session-start")
+        .expect("a session-start record");
+    assert_eq!(start["origin"], "attach");
+    assert_eq!(start["pid"], tree.id());
 }

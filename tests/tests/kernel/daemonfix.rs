@@ -94,6 +94,18 @@ impl Daemon {
         }
     }
 
+    /// Moves the control socket to `path`, outside /run/agent-guard where the kernel's
+    /// self-protection rule keeps sessions from connecting.
+    pub fn relocate_socket(&mut self, path: &Path) {
+        let config = fs::read_to_string(&self.config).expect("read config.toml");
+        let config = config.replace(
+            &format!("socket = \"{}\"", self.socket.display()),
+            &format!("socket = \"{}\"", path.display()),
+        );
+        fs::write(&self.config, config).expect("write config.toml");
+        self.socket = path.to_owned();
+    }
+
     /// Starts the daemon and waits until it answers `status`.
     pub fn start(&mut self) -> &mut Self {
         assert!(self.child.is_none(), "the daemon is already running");
