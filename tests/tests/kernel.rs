@@ -17,6 +17,7 @@
 //! in `operations` (rename over and away, RENAME_EXCHANGE, O_TRUNC, truncate, ftruncate of
 //! an inherited descriptor, mount over) and `destruction` (mode, owner, xattrs, holes);
 //! leaving the tree in `escape`; io_uring in `io_uring`; flooding the event buffer in `flood`.
+//! Attacking the guard (signals, ptrace, bpf(2), modules and kexec) in `selfprotect`.
 //! Writes through descriptors the session inherited, shared writable mappings, times,
 //! unmounting, pivot_root and the remaining io_uring operations in `coverage`.
 //!
@@ -64,6 +65,8 @@ mod network;
 mod operations;
 #[path = "kernel/protected.rs"]
 mod protected;
+#[path = "kernel/selfprotect.rs"]
+mod selfprotect;
 #[path = "kernel/shipped.rs"]
 mod shipped;
 
