@@ -18,6 +18,7 @@
 //! an inherited descriptor, mount over) and `destruction` (mode, owner, xattrs, holes);
 //! leaving the tree in `escape`; io_uring in `io_uring`; flooding the event buffer in `flood`.
 //! Attacking the guard (signals, ptrace, bpf(2), modules and kexec) in `selfprotect`.
+//! Attaching a tree that is already running, through the library, in `attach`.
 //! Writes through descriptors the session inherited, shared writable mappings, times,
 //! unmounting, pivot_root and the remaining io_uring operations in `coverage`.
 //!
@@ -45,6 +46,8 @@ mod session;
 
 #[path = "kernel/aliases.rs"]
 mod aliases;
+#[path = "kernel/attach.rs"]
+mod attach;
 #[path = "kernel/coverage.rs"]
 mod coverage;
 #[path = "kernel/destruction.rs"]
