@@ -17,6 +17,8 @@
 //! in `operations` (rename over and away, RENAME_EXCHANGE, O_TRUNC, truncate, ftruncate of
 //! an inherited descriptor, mount over) and `destruction` (mode, owner, xattrs, holes);
 //! leaving the tree in `escape`; io_uring in `io_uring`; flooding the event buffer in `flood`.
+//! Attacking the guard (signals, ptrace, bpf(2), modules and kexec) in `selfprotect`.
+//! Attaching a tree that is already running, through the library, in `attach`.
 //! Writes through descriptors the session inherited, shared writable mappings, times,
 //! unmounting, pivot_root and the remaining io_uring operations in `coverage`.
 //!
@@ -50,6 +52,8 @@ mod session;
 
 #[path = "kernel/aliases.rs"]
 mod aliases;
+#[path = "kernel/attach.rs"]
+mod attach;
 #[path = "kernel/base_policy.rs"]
 mod base_policy;
 #[path = "kernel/coverage.rs"]
@@ -74,6 +78,8 @@ mod network;
 mod operations;
 #[path = "kernel/protected.rs"]
 mod protected;
+#[path = "kernel/selfprotect.rs"]
+mod selfprotect;
 #[path = "kernel/selfprotect_paths.rs"]
 mod selfprotect_paths;
 #[path = "kernel/shipped.rs"]

@@ -117,6 +117,25 @@ TEXT: sent once connected, so that the server can tell who reached it):
   connect-name tcp|udp NAME PORT [TEXT]
                               getaddrinfo(3) (failure: resolve:EAI_...), then connect to
                               the first address as connect does; prints address=A
+Processes and the kernel (self-protection):
+  kill PID SIG                kill(2)
+  ptrace-attach PID           ptrace(2) PTRACE_ATTACH (then waits for the stop and detaches)
+  ptrace-seize PID            ptrace(2) PTRACE_SEIZE (then PTRACE_INTERRUPT, wait, detach)
+  ptrace-child                fork(2) a child that sleeps, PTRACE_ATTACH it, kill it
+  vm-write PID                process_vm_writev(2) of one byte to address 0 of PID (EFAULT
+                              when allowed)
+  pidfd-getfd PID FD          pidfd_open(2) (failure: pidfd_open:ERRNO), then
+                              pidfd_getfd(2) of PID's descriptor FD
+  bpf prog-get-next-id|map-create
+                              bpf(2) BPF_PROG_GET_NEXT_ID from 0, or BPF_MAP_CREATE with an
+                              all-zero attribute (EINVAL when allowed)
+  init-module                 init_module(2) of 64 zero bytes (ENOEXEC when allowed)
+  finit-module PATH           open(2) O_RDONLY (failure: open:ERRNO), then finit_module(2)
+                              (a file of zero bytes, not empty: ENOEXEC when allowed)
+  kexec-load                  kexec_load(2) with 17 segments, one more than the kernel takes
+                              (EINVAL when allowed)
+  kexec-file-load PATH        open(2) O_RDONLY (failure: open:ERRNO), then kexec_file_load(2)
+                              without initramfs (zero bytes: ENOEXEC when allowed)
   daemon RESULT DELAY_MS OP ARGS...
                               double fork + setsid, detach from stdio, wait DELAY_MS, run OP
                               and write its result line to the new file RESULT";
@@ -174,6 +193,9 @@ fn perform(args: &[OsString]) -> Option<Report> {
     let op = op.to_str()?;
     if net::OPS.contains(&op) {
         return net::perform(op, rest);
+    }
+    if procs::OPS.contains(&op) {
+        return procs::perform(op, rest);
     }
     if op == "daemon" {
         let (result, rest) = rest.split_first()?;
@@ -341,6 +363,9 @@ fn errno_name(errno: Errno) -> String {
         libc::EROFS => "EROFS",
         libc::EMLINK => "EMLINK",
         libc::ENOSYS => "ENOSYS",
+        libc::ESRCH => "ESRCH",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::EFAULT => "EFAULT",
         libc::ENOTEMPTY => "ENOTEMPTY",
         libc::ELOOP => "ELOOP",
         libc::EOPNOTSUPP => "EOPNOTSUPP",
@@ -938,6 +963,233 @@ fn daemon(result: &CString, delay: Duration, op: &[OsString]) -> Result<(), Errn
     let _ = std::io::stdout().flush();
     // SAFETY: leaving the grandchild without running the parent's exit path twice.
     unsafe { libc::_exit(exit_code(outcome)) }
+}
+
+/// Operations on other processes and on the kernel itself: what a session may not do to
+/// the guard or to anything outside it.
+mod procs {
+    use std::ffi::{CString, OsString};
+
+    use super::{check, close, open, Errno, Report};
+
+    pub const OPS: &[&str] = &[
+        "kill",
+        "ptrace-attach",
+        "ptrace-seize",
+        "ptrace-child",
+        "vm-write",
+        "pidfd-getfd",
+        "bpf",
+        "init-module",
+        "finit-module",
+        "kexec-load",
+        "kexec-file-load",
+    ];
+
+    /// `BPF_MAP_CREATE` and `BPF_PROG_GET_NEXT_ID` from <linux/bpf.h>.
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    /// `KEXEC_SEGMENT_MAX` + 1 and `KEXEC_FILE_NO_INITRAMFS` from <linux/kexec.h>.
+    const KEXEC_TOO_MANY_SEGMENTS: libc::c_long = 17;
+    const KEXEC_FILE_NO_INITRAMFS: libc::c_long = 4;
+
+    pub fn perform(op: &str, rest: &[OsString]) -> Option<Report> {
+        let text = |i: usize| rest.get(i).and_then(|a| a.to_str());
+        let number = |i: usize| -> Option<libc::c_int> { text(i)?.parse().ok() };
+        let arity = match op {
+            "ptrace-child" | "init-module" | "kexec-load" => 0,
+            "ptrace-attach" | "ptrace-seize" | "vm-write" | "bpf" | "finit-module"
+            | "kexec-file-load" => 1,
+            "kill" | "pidfd-getfd" => 2,
+            _ => return None,
+        };
+        if rest.len() != arity {
+            return None;
+        }
+        let report = match op {
+            "kill" => kill(number(0)?, number(1)?).into(),
+            "ptrace-attach" => ptrace_attach(number(0)?).into(),
+            "ptrace-seize" => ptrace_seize(number(0)?).into(),
+            "ptrace-child" => ptrace_child().into(),
+            "vm-write" => vm_write(number(0)?).into(),
+            "pidfd-getfd" => pidfd_getfd(number(0)?, number(1)?),
+            "bpf" => bpf(match text(0)? {
+                "prog-get-next-id" => BPF_PROG_GET_NEXT_ID,
+                "map-create" => BPF_MAP_CREATE,
+                _ => return None,
+            })
+            .into(),
+            "init-module" => init_module().into(),
+            "finit-module" => with_file(text(0)?, |fd| {
+                // SAFETY: a descriptor, an empty NUL-terminated parameter string, no flags.
+                unsafe { libc::syscall(libc::SYS_finit_module, fd, c"".as_ptr(), 0) }
+            }),
+            "kexec-load" => {
+                // SAFETY: the kernel refuses the segment count before reading the (null)
+                // segment array.
+                let rc = unsafe {
+                    libc::syscall(
+                        libc::SYS_kexec_load,
+                        0 as libc::c_ulong,
+                        KEXEC_TOO_MANY_SEGMENTS,
+                        std::ptr::null::<u8>(),
+                        0 as libc::c_ulong,
+                    )
+                };
+                check(rc).map(drop).into()
+            }
+            "kexec-file-load" => with_file(text(0)?, |fd| {
+                // SAFETY: a kernel descriptor, no initramfs, no command line.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_kexec_file_load,
+                        fd,
+                        -1 as libc::c_int,
+                        0 as libc::c_ulong,
+                        std::ptr::null::<u8>(),
+                        KEXEC_FILE_NO_INITRAMFS,
+                    )
+                }
+            }),
+            _ => return None,
+        };
+        Some(report)
+    }
+
+    fn kill(pid: libc::c_int, signal: libc::c_int) -> Result<(), Errno> {
+        // SAFETY: kill(2) has no memory arguments.
+        check(unsafe { libc::kill(pid, signal) }.into()).map(drop)
+    }
+
+    fn ptrace(request: libc::c_uint, pid: libc::c_int, data: libc::c_long) -> Result<(), Errno> {
+        // SAFETY: requests without memory arguments (addr is unused, data is a number).
+        check(unsafe { libc::ptrace(request, pid, 0 as libc::c_long, data) }).map(drop)
+    }
+
+    /// Waits for `pid` to stop and lets it go again.
+    fn wait_and_detach(pid: libc::c_int) {
+        let mut status = 0;
+        // SAFETY: waitpid on a tracee, with a valid status pointer.
+        unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        let _ = ptrace(libc::PTRACE_DETACH, pid, 0);
+    }
+
+    fn ptrace_attach(pid: libc::c_int) -> Result<(), Errno> {
+        ptrace(libc::PTRACE_ATTACH, pid, 0)?;
+        wait_and_detach(pid);
+        Ok(())
+    }
+
+    fn ptrace_seize(pid: libc::c_int) -> Result<(), Errno> {
+        ptrace(libc::PTRACE_SEIZE, pid, 0)?;
+        let _ = ptrace(libc::PTRACE_INTERRUPT, pid, 0);
+        wait_and_detach(pid);
+        Ok(())
+    }
+
+    fn ptrace_child() -> Result<(), Errno> {
+        // SAFETY: the child only sleeps and exits, both async-signal-safe.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::sleep(30);
+                libc::_exit(0)
+            }
+        }
+        check(child.into())?;
+        let result = ptrace(libc::PTRACE_ATTACH, child, 0);
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), libc::__WALL);
+        }
+        result
+    }
+
+    fn vm_write(pid: libc::c_int) -> Result<(), Errno> {
+        let byte = [0u8; 1];
+        let local = libc::iovec {
+            iov_base: byte.as_ptr() as *mut libc::c_void,
+            iov_len: 1,
+        };
+        let remote = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 1,
+        };
+        // SAFETY: one valid local buffer; the remote address is checked by the kernel.
+        let rc = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+        check(rc as libc::c_long).map(drop)
+    }
+
+    fn pidfd_getfd(pid: libc::c_int, fd: libc::c_int) -> Report {
+        // SAFETY: pidfd_open(2) has no memory arguments.
+        let pidfd = match check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }) {
+            Ok(pidfd) => pidfd as libc::c_int,
+            Err(errno) => {
+                return Report {
+                    outcome: Err(errno),
+                    step: Some("pidfd_open"),
+                    detail: String::new(),
+                }
+            }
+        };
+        // SAFETY: as above.
+        let outcome = check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) })
+            .map(|got| close(got as libc::c_int));
+        close(pidfd);
+        outcome.into()
+    }
+
+    fn bpf(cmd: libc::c_long) -> Result<(), Errno> {
+        // Large enough for either command's attribute; all zero: start_id 0, map type 0.
+        let attr = [0u64; 16];
+        // SAFETY: a readable attribute of the size given.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr.as_ptr(),
+                size_of_val(&attr) as libc::c_ulong,
+            )
+        };
+        check(rc).map(drop)
+    }
+
+    fn init_module() -> Result<(), Errno> {
+        // The size of an ELF header: anything shorter is refused before the LSM hook.
+        let image = [0u8; 64];
+        // SAFETY: a readable image of the size given and an empty parameter string.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_init_module,
+                image.as_ptr(),
+                image.len() as libc::c_ulong,
+                c"".as_ptr(),
+            )
+        };
+        check(rc).map(drop)
+    }
+
+    /// Opens `path` read-only and runs the system call under test on it.
+    fn with_file(path: &str, call: impl FnOnce(libc::c_int) -> libc::c_long) -> Report {
+        let fd = match CString::new(path)
+            .map_err(|_| libc::EINVAL)
+            .and_then(|p| open(&p, 0))
+        {
+            Ok(fd) => fd,
+            Err(errno) => {
+                return Report {
+                    outcome: Err(errno),
+                    step: Some("open"),
+                    detail: String::new(),
+                }
+            }
+        };
+        let outcome = check(call(fd)).map(drop);
+        close(fd);
+        outcome.into()
+    }
 }
 
 /// The network operations: each decides one connect, send, bind, listen or socket creation,

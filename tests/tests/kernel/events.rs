@@ -40,6 +40,11 @@ pub struct Event {
     pub socket_path: Option<String>,
     /// The hostname of the deciding `hosts` rule that resolved to `address`.
     pub hostname: Option<String>,
+    /// The process a signal, ptrace or other operation on a process was aimed at.
+    pub target_pid: Option<u32>,
+    /// The whole event, for fields only some operations carry (`signal`, `ptrace_mode`,
+    /// `bpf_command`, `kernel_object`).
+    pub object: Map<String, Value>,
 }
 
 /// The events file: decisions, and the number of events reported lost.
@@ -145,6 +150,10 @@ impl Event {
             }),
             socket_path: optional_str("socket_path"),
             hostname: optional_str("hostname"),
+            target_pid: o
+                .get("target_pid")
+                .map(|_| u32_field(o, "target_pid", line)),
+            object: o.clone(),
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct Expect {
     pub truncated: bool,
     /// The errno a denial carries.
     pub errno: (i32, &'static str),
+    /// The process the operation was aimed at (signal, ptrace); `None`: no such field.
+    pub target_pid: Option<u32>,
+    /// Further fields the event must carry with these values (`signal`, `kernel_object`).
+    pub fields: Vec<(&'static str, serde_json::Value)>,
 }
 
 /// A denial of `op` on `paths` by `rule`, done by the probe run that printed `by`.
@@ -69,6 +73,8 @@ pub fn deny(op: &str, paths: &[&str], rule: &str, by: &Outcome) -> Expect {
         io_worker_allowed: false,
         truncated: false,
         errno: (libc::EPERM, "EPERM"),
+        target_pid: None,
+        fields: Vec::new(),
     }
 }
 
@@ -116,15 +122,32 @@ impl Expect {
         self
     }
 
+    /// Aimed at process `pid`.
+    pub fn target(mut self, pid: u32) -> Self {
+        self.target_pid = Some(pid);
+        self
+    }
+
+    /// The event also carries `name` with `value`.
+    pub fn field(mut self, name: &'static str, value: impl Into<serde_json::Value>) -> Self {
+        self.fields.push((name, value.into()));
+        self
+    }
+
     fn describe(&self) -> String {
         format!(
-            "{} {} of {:?} ({})",
-            self.decision, self.op, self.paths, self.rule
+            "{} {} of {:?} ({}; target {:?}, {:?})",
+            self.decision, self.op, self.paths, self.rule, self.target_pid, self.fields
         )
     }
 
     fn identifies(&self, e: &Event) -> bool {
         e.op == self.op
+            && e.target_pid == self.target_pid
+            && self
+                .fields
+                .iter()
+                .all(|(name, value)| e.object.get(*name) == Some(value))
             && e.paths.len() == self.paths.len()
             && self.paths.iter().zip(&e.paths).all(|(m, p)| m.matches(p))
             && match self.actor {

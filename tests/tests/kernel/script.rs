@@ -50,6 +50,12 @@ impl Outcome {
         self
     }
 
+    /// The call failed with the errno named `result` (or succeeded, for `ok`).
+    pub fn assert_result(&self, result: &str) -> &Self {
+        assert_eq!(self.result, result, "`{}`", self.label);
+        self
+    }
+
     pub fn assert_eperm(&self) -> &Self {
         assert_eq!(
             self.result, "EPERM",
