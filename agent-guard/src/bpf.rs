@@ -464,6 +464,15 @@ impl Guard {
         })
     }
 
+    /// Frees the loaded object (program instructions, BTF, relocation data) once every
+    /// link is pinned: the kernel holds the programs through the pins from then on, and
+    /// the maps stay open here. A long-running daemon has no use for the rest.
+    pub fn release_object(&mut self) {
+        if self.links.is_empty() {
+            self._object = None;
+        }
+    }
+
     /// Removes the pins under `dir`: once this guard is dropped, the programs detach.
     pub fn unpin(dir: &Path) -> std::io::Result<()> {
         match std::fs::remove_dir_all(dir) {

@@ -89,11 +89,15 @@ for r in $(seq {repetitions}); do
   sleep 3
   echo "RESULT rss-kb $(awk '/^VmRSS/ {{print $2}}' /proc/$P/status)"
   echo "RESULT hwm-kb $(awk '/^VmHWM/ {{print $2}}' /proc/$P/status)"
+  echo "RESULT anon-kb $(awk '/^RssAnon/ {{print $2}}' /proc/$P/status)"
+  echo "RESULT file-kb $(awk '/^RssFile/ {{print $2}}' /proc/$P/status)"
   kill -KILL $P; wait $P 2>/dev/null || true
   s=$(now); $AG daemon --config $D/config.toml 2>>$D/log & P=$!
   wait_ready $P; e=$(now)
   echo "RESULT adopt-wall $(( e - s ))"
   echo "RESULT adopt-own $(sed 's/.*"started_in_ms":\([0-9]*\).*/\1/' $D/status.json)000000"
+  sleep 3
+  echo "RESULT adopt-rss-kb $(awk '/^VmRSS/ {{print $2}}' /proc/$P/status)"
   kill -TERM $P; wait $P 2>/dev/null || true
 done
 {reference}"#
@@ -153,8 +157,14 @@ done
         println!("{label:<52} {:>8.0}ms {:>16.0}ms", ms, ms / syscalls);
     }
     for (label, key) in [
-        ("idle RSS (target <= 25 MB)", "rss-kb"),
-        ("peak RSS", "hwm-kb"),
+        ("idle RSS, fresh start (target <= 25 MB)", "rss-kb"),
+        ("  of which anonymous (the daemon's own memory)", "anon-kb"),
+        (
+            "  of which file-backed (binary, ring buffer map)",
+            "file-kb",
+        ),
+        ("peak RSS, fresh start", "hwm-kb"),
+        ("idle RSS, after adopting the pins", "adopt-rss-kb"),
     ] {
         let mb = median(&guest, key)? / 1024.0;
         println!("{label:<52} {mb:>8.1}MB {:>18}", "(not scaled)");

@@ -240,18 +240,62 @@ async fn run(
             "",
         );
     }
+    // Nor may it already be guarded: it would leave its session for this one.
+    let child = Peer { pid, ..*peer };
+    let guarded = outside_sessions(&mut daemon.borrow_mut(), &child);
+    if let Err(refusal) = guarded {
+        return refusal;
+    }
+    let spec = NewSession {
+        origin: "run",
+        uid: peer.uid,
+        root_pid: pid,
+        command,
+        cwd,
+        cgroup: None,
+        policy: policy.as_ref(),
+        policy_name: policy_name.as_deref(),
+    };
+    open_session(daemon, peer, spec, |guard, session| {
+        guard
+            .enroll(pid, session)
+            .map(|()| Vec::new())
+            .map_err(|e| format!("cannot enrol process {pid}: {e}"))
+    })
+    .await
+}
+
+/// A session about to be opened, whoever asked for it.
+struct NewSession<'a> {
+    origin: &'static str,
+    /// Who the session's `~` and records belong to.
+    uid: u32,
+    root_pid: u32,
+    command: String,
+    cwd: &'a Path,
+    cgroup: Option<std::path::PathBuf>,
+    policy: Option<&'a PolicyText>,
+    policy_name: Option<&'a str>,
+}
+
+/// Builds the session's policy (combined with the base), installs it, lets `enrol` put
+/// its processes in, and registers it. Any failure removes what was installed.
+async fn open_session(
+    daemon: &Rc<RefCell<Daemon>>,
+    peer: &Peer,
+    spec: NewSession<'_>,
+    enrol: impl FnOnce(&mut crate::bpf::Guard, u32) -> Result<Vec<u32>, String>,
+) -> Response {
     let ctx = SessionContext {
-        workspace: cwd.to_owned(),
-        home: home_of(peer.uid),
+        workspace: spec.cwd.to_owned(),
+        home: home_of(spec.uid),
     };
     let mut resolved = {
         let mut d = daemon.borrow_mut();
-        let resolved = match session_policy(&d, peer, policy.as_ref(), policy_name.as_deref(), &ctx)
-        {
+        let mut resolved = match session_policy(&d, peer, spec.policy, spec.policy_name, &ctx) {
             Ok(resolved) => resolved,
             Err(e) => return Response::error(e, ""),
         };
-        let mut resolved = resolved;
         if let Err(e) = d.guard.identify_policy(&mut resolved) {
             return Response::error(
                 format!("cannot resolve the policy's paths in the kernel: {e}"),
@@ -260,6 +304,7 @@ async fn run(
         }
         resolved
     };
+    // Lookups take time: the daemon serves others meanwhile.
     let (hostnames, warnings) = live::prepare(&mut resolved).await;
     let mut d = daemon.borrow_mut();
     let session = new_session_id(&mut d);
@@ -267,37 +312,40 @@ async fn run(
         d.guard.remove_session(session);
         return Response::error(format!("cannot install the session's policy: {e}"), "");
     }
-    if let Err(e) = d.guard.enroll(pid, session) {
-        d.guard.remove_session(session);
-        return Response::error(format!("cannot enrol process {pid}: {e}"), "");
-    }
+    let enrolled = match enrol(&mut d.guard, session) {
+        Ok(enrolled) => enrolled,
+        Err(e) => {
+            let _ = d.guard.detach_all(session);
+            d.guard.remove_session(session);
+            return Response::error(e, "");
+        }
+    };
     let network = LiveNetwork::new(session, resolved, hostnames);
     let record = SessionRecord {
         session,
-        origin: "run".into(),
-        uid: peer.uid,
-        root_pid: pid,
-        command,
-        cwd: cwd.to_owned(),
+        origin: spec.origin.into(),
+        uid: spec.uid,
+        root_pid: spec.root_pid,
+        command: spec.command,
+        cwd: spec.cwd.to_owned(),
         policy: network.policy.source.clone(),
         mode: network.policy.mode.as_str().into(),
         started: super::registry::now(),
         rule_names: network.policy.rule_names(),
         rule_hosts: network.rule_hosts(),
-        cgroup: None,
+        cgroup: spec.cgroup,
     };
     d.begin_session(Session {
         record,
         counts: Counts::default(),
-        pending: Some(pid),
+        // A `run`'s first process counts as alive until its exec enrolled it.
+        pending: (spec.origin == "run").then_some(spec.root_pid),
         network: Some(network),
         seen: Default::default(),
     });
     let mut response = Response::ok();
     response.session = Some(session_label(session));
-    if !warnings.is_empty() {
-        response.data = serde_json::json!({ "warnings": warnings });
-    }
+    response.data = serde_json::json!({ "attached": enrolled, "warnings": warnings });
     response
 }
 
@@ -336,71 +384,25 @@ async fn attach(
     if target.pid == Some(std::process::id()) {
         return Response::error("the daemon cannot guard itself", "");
     }
-    let ctx = SessionContext {
-        workspace: cwd.to_owned(),
-        home: home_of(owner),
-    };
-    let mut resolved = {
-        let mut d = daemon.borrow_mut();
-        let mut resolved =
-            match session_policy(&d, peer, policy.as_ref(), policy_name.as_deref(), &ctx) {
-                Ok(resolved) => resolved,
-                Err(e) => return Response::error(e, ""),
-            };
-        if let Err(e) = d.guard.identify_policy(&mut resolved) {
-            return Response::error(
-                format!("cannot resolve the policy's paths in the kernel: {e}"),
-                "",
-            );
-        }
-        resolved
-    };
-    let (hostnames, warnings) = live::prepare(&mut resolved).await;
-    let mut d = daemon.borrow_mut();
-    let session = new_session_id(&mut d);
-    if let Err(e) = d.guard.add_session(session, &resolved) {
-        d.guard.remove_session(session);
-        return Response::error(format!("cannot install the session's policy: {e}"), "");
-    }
-    let attached = match (&target.pid, &target.cgroup) {
-        (Some(pid), _) => d.guard.attach_pids(session, *pid),
-        (None, Some(path)) => d.guard.attach_cgroup(session, path),
-        (None, None) => unreachable!("checked above"),
-    };
-    let attached = match attached {
-        Ok(attached) => attached,
-        Err(e) => {
-            let _ = d.guard.detach_all(session);
-            d.guard.remove_session(session);
-            return Response::error(format!("cannot attach: {e}"), "");
-        }
-    };
-    let network = LiveNetwork::new(session, resolved, hostnames);
-    let record = SessionRecord {
-        session,
-        origin: "attach".into(),
+    let spec = NewSession {
+        origin: "attach",
         uid: owner,
         root_pid: target.pid.unwrap_or(0),
         command: label,
-        cwd: cwd.to_owned(),
-        policy: network.policy.source.clone(),
-        mode: network.policy.mode.as_str().into(),
-        started: super::registry::now(),
-        rule_names: network.policy.rule_names(),
-        rule_hosts: network.rule_hosts(),
+        cwd,
         cgroup: target.cgroup.clone(),
+        policy: policy.as_ref(),
+        policy_name: policy_name.as_deref(),
     };
-    d.begin_session(Session {
-        record,
-        counts: Counts::default(),
-        pending: None,
-        network: Some(network),
-        seen: Default::default(),
-    });
-    let mut response = Response::ok();
-    response.session = Some(session_label(session));
-    response.data = serde_json::json!({ "attached": attached, "warnings": warnings });
-    response
+    open_session(daemon, peer, spec, |guard, session| {
+        match (&target.pid, &target.cgroup) {
+            (Some(pid), _) => guard.attach_pids(session, *pid),
+            (None, Some(path)) => guard.attach_cgroup(session, path),
+            (None, None) => unreachable!("checked above"),
+        }
+        .map_err(|e| format!("cannot attach: {e}"))
+    })
+    .await
 }
 
 /// A session id no live session has, in the daemon or in the kernel's tables.

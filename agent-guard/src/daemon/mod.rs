@@ -110,6 +110,11 @@ impl StartError {
 /// Runs the daemon until SIGTERM or SIGINT; returns the exit status.
 pub fn main(config_file: &Path) -> i32 {
     let started = Instant::now();
+    // Large buffers (the kernel's BTF, read twice while loading) are mapped apart from the
+    // heap, so that freeing them gives the memory back instead of leaving a heap the size
+    // of the largest one for the daemon's whole life.
+    // SAFETY: mallopt only tunes the allocator, before any thread exists.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024) };
     let daemon = match start(config_file, started) {
         Ok(daemon) => daemon,
         Err(e) => {
@@ -137,7 +142,12 @@ fn start(config_file: &Path, started: Instant) -> Result<(Daemon, RingBuf<MapDat
         return Err(StartError::NotRoot);
     }
     require_bpf_lsm().map_err(|e| unavailable("refusing to start", &e))?;
-    let (guard, ring, programs, timing) = acquire(&config)?;
+    let (mut guard, ring, programs, timing) = acquire(&config)?;
+    // Loading parsed the kernel's BTF twice and held the whole object: tens of megabytes
+    // the daemon never needs again. Give them back before it settles down to serve.
+    guard.release_object();
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe { libc::malloc_trim(0) };
     let writer = EventWriter::open(Destination::File(config.events.clone())).map_err(|e| {
         unavailable(
             &format!("cannot open the event log {}", config.events.display()),

@@ -379,19 +379,29 @@ impl Daemon {
         }
         self.guard.remove_session(id);
         self.store.remove(id);
-        let record = SessionEvent {
-            time: self.clock.now(),
-            kind: "session-end",
-            session: session_label(id),
-            policy: &session.record.policy,
-            uid: session.record.uid,
-            pid: session.record.root_pid,
-            command: &session.record.command,
-            origin: &session.record.origin,
-            counts: Some(session.counts),
-        };
-        let value = serde_json::to_value(&record).unwrap_or_default();
+        let value = self.session_event("session-end", &session.record, Some(session.counts));
         self.emit(id, Some(session.record.uid), &value);
+    }
+
+    /// The record of a session's start or end.
+    fn session_event(
+        &self,
+        kind: &'static str,
+        record: &registry::SessionRecord,
+        counts: Option<registry::Counts>,
+    ) -> serde_json::Value {
+        let event = SessionEvent {
+            time: self.clock.now(),
+            kind,
+            session: session_label(record.session),
+            policy: &record.policy,
+            uid: record.uid,
+            pid: record.root_pid,
+            command: &record.command,
+            origin: &record.origin,
+            counts,
+        };
+        serde_json::to_value(&event).unwrap_or_default()
     }
 
     /// Registers a new session and reports its start.
@@ -403,18 +413,7 @@ impl Daemon {
                 session_label(id)
             );
         }
-        let record = SessionEvent {
-            time: self.clock.now(),
-            kind: "session-start",
-            session: session_label(id),
-            policy: &session.record.policy,
-            uid: session.record.uid,
-            pid: session.record.root_pid,
-            command: &session.record.command,
-            origin: &session.record.origin,
-            counts: None,
-        };
-        let value = serde_json::to_value(&record).unwrap_or_default();
+        let value = self.session_event("session-start", &session.record, None);
         let uid = session.record.uid;
         self.sessions.insert(id, session);
         self.emit(id, Some(uid), &value);

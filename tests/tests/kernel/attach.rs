@@ -191,5 +191,5 @@ fn a_running_tree_is_guarded_once_attached() {
         guard.attached_processes(SESSION).is_empty()
     });
     guard.detach_all(SESSION).expect("detach");
-    guard.remove_session(SESSION, &resolved);
+    guard.remove_session(SESSION);
 }
