@@ -613,8 +613,10 @@ impl PolicyWatcher {
         Self { fd }
     }
 
-    /// Resolves to `true` once something changed, after the burst of events an editor
-    /// makes has settled.
+    /// Resolves to `true` once something changed. The events are read as soon as the
+    /// descriptor is readable, with no await in between, so that the event loop dropping
+    /// this future for another branch never loses a change (the caller waits for the
+    /// burst of events an editor makes to settle).
     pub async fn changed(&self) -> bool {
         let Some(fd) = &self.fd else {
             return std::future::pending().await;
@@ -626,8 +628,6 @@ impl PolicyWatcher {
             let seen = matches!(fd.get_ref().0.read_events(), Ok(events) if !events.is_empty());
             ready.clear_ready();
             if seen {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                while matches!(fd.get_ref().0.read_events(), Ok(events) if !events.is_empty()) {}
                 return true;
             }
         }

@@ -25,6 +25,8 @@ use crate::{
 /// How often sessions are checked for their end, lost events for news and hostnames for
 /// refreshes.
 const TICK: Duration = Duration::from_millis(500);
+/// How long the policy directory must be quiet before a change is reloaded.
+const RELOAD_SETTLE: Duration = Duration::from_millis(200);
 
 pub fn serve((daemon, ring): (Daemon, RingBuf<MapData>)) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -83,6 +85,7 @@ async fn run(mut daemon: Daemon, mut ring: RingBuf<MapData>) -> i32 {
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).ok();
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(TICK);
+    let mut reload_due: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -109,6 +112,11 @@ async fn run(mut daemon: Daemon, mut ring: RingBuf<MapData>) -> i32 {
                 daemon.borrow_mut().reload("SIGHUP");
             }
             true = watcher.changed() => {
+                // Reloaded once the editor's burst of events has settled.
+                reload_due = Some(tokio::time::Instant::now() + RELOAD_SETTLE);
+            }
+            () = sleep_until(reload_due), if reload_due.is_some() => {
+                reload_due = None;
                 daemon.borrow_mut().reload("a change in the policy directory");
             }
             Some(()) = async { term.as_mut()?.recv().await } => break,
@@ -119,6 +127,14 @@ async fn run(mut daemon: Daemon, mut ring: RingBuf<MapData>) -> i32 {
     d.drain(&mut ring);
     d.shutdown();
     0
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Hostname lookups of every session that has some due, one session at a time.
