@@ -1529,14 +1529,18 @@ hosts = ["{BLOCKED_NAME}"]
         ok("dns-tcp", "connect tcp 127.0.0.1 53"),
         denied("dns-other-port", "connect udp 127.0.0.1 54 TEXT", local),
     ];
-    // After the move: poll until agent-guard has followed (new allowed, old refused), for
-    // at most a minute; what is checked is what the probes after the loop get.
+    // After the move: poll until agent-guard has followed (new allowed, old refused) for
+    // both families, for at most a minute; what is checked is what the probes after the
+    // loop get. The A and AAAA answers come from two queries, which may straddle the
+    // resolver's reload of its records, so one family can follow a refresh later.
     let poll = format!(
         r#"i=0
 while :; do
   printf 'poll-new '; "$P" connect tcp {GIT_V2} 80 poll; new=$?
   printf 'poll-old '; "$P" connect tcp {GIT_V1} 80 poll; old=$?
-  if [ "$new" -eq 0 ] && [ "$old" -eq 1 ]; then break; fi
+  printf 'poll6-new '; "$P" connect tcp {GIT6_V2} 80 poll; new6=$?
+  printf 'poll6-old '; "$P" connect tcp {GIT6_V1} 80 poll; old6=$?
+  if [ "$new" -eq 0 ] && [ "$old" -eq 1 ] && [ "$new6" -eq 0 ] && [ "$old6" -eq 1 ]; then break; fi
   i=$((i+1)); if [ "$i" -ge 60 ]; then echo poll-gave-up; break; fi
   sleep 1
 done"#
@@ -1576,22 +1580,27 @@ done"#
         s.stdout,
         event_lines(&s.log.decisions)
     );
-    let mut tolerated: Vec<Net> = [("poll-new", GIT_V2), ("poll-old", GIT_V1)]
-        .into_iter()
-        .flat_map(|(label, addr)| {
-            s.all(label).into_iter().map(move |by| {
-                let ev = Ev {
-                    decision: "deny",
-                    rule: rule::EGRESS_DEFAULT.to_owned(),
-                    hostname: None,
-                    socket_paths: None,
-                };
-                let mut n = Net::new(label, &by, &ev).ip(&["connect"], "tcp", addr, "80");
-                n.count = Count::AtMostOne;
-                n
-            })
+    let mut tolerated: Vec<Net> = [
+        ("poll-new", GIT_V2),
+        ("poll-old", GIT_V1),
+        ("poll6-new", GIT6_V2),
+        ("poll6-old", GIT6_V1),
+    ]
+    .into_iter()
+    .flat_map(|(label, addr)| {
+        s.all(label).into_iter().map(move |by| {
+            let ev = Ev {
+                decision: "deny",
+                rule: rule::EGRESS_DEFAULT.to_owned(),
+                hostname: None,
+                socket_paths: None,
+            };
+            let mut n = Net::new(label, &by, &ev).ip(&["connect"], "tcp", addr, "80");
+            n.count = Count::AtMostOne;
+            n
         })
-        .collect();
+    })
+    .collect();
     for (label, port, addresses) in [
         ("resolve", "0", [GIT_V1, GIT6_V1]),
         ("connect-name", "80", [GIT_V1, GIT6_V1]),
