@@ -20,7 +20,10 @@ use std::{
 
 use aya::maps::MapError;
 
-use crate::bpf::{Guard, LoadError};
+use crate::{
+    bpf::{Guard, LoadError},
+    session::parent_of,
+};
 
 /// `statfs::f_type` of cgroup v2.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -75,27 +78,7 @@ impl Guard {
             return Err(AttachError::NoProcess { pid: root });
         }
         self.switch_on()?;
-        let mut attached = Vec::new();
-        let mut known = BTreeSet::new();
-        for _ in 0..MAX_ROUNDS {
-            let found = descendants(root)?;
-            // A process forked by an attached one joined at its fork: only those that
-            // raced with the previous round are left to attach, so a tree that keeps
-            // forking still comes to an end.
-            let new: Vec<u32> = found
-                .difference(&known)
-                .copied()
-                .filter(|&pid| !matches!(self.session_of(pid), Ok(Some(s)) if s == session))
-                .collect();
-            if new.is_empty() {
-                self.refresh_switch()?;
-                return Ok(attached);
-            }
-            self.attach_tgids(session, &new)?;
-            known.extend(&new);
-            attached.extend(new);
-        }
-        Err(AttachError::NoFixpoint { root })
+        self.attach_until_settled(session, root, || descendants(root))
     }
 
     /// Attaches the cgroup v2 directory `path` and every cgroup below it to `session`: a
@@ -127,24 +110,23 @@ impl Guard {
                     })?;
             }
         }
+        self.attach_until_settled(session, 0, || cgroup_procs(&cgroups))
+    }
+
+    /// Attaches what `find` lists, again and again, until a round lists no process that
+    /// is not in the session yet. A process forked by an attached one joined at its fork:
+    /// only those that raced with the previous round are left, so a tree that keeps forking
+    /// still comes to an end. `root` names the tree in the error when it does not.
+    fn attach_until_settled(
+        &mut self,
+        session: u32,
+        root: u32,
+        mut find: impl FnMut() -> Result<BTreeSet<u32>, AttachError>,
+    ) -> Result<Vec<u32>, AttachError> {
         let mut attached = Vec::new();
         let mut known = BTreeSet::new();
         for _ in 0..MAX_ROUNDS {
-            let mut found = BTreeSet::new();
-            for dir in &cgroups {
-                let procs = dir.join("cgroup.procs");
-                match fs::read_to_string(&procs) {
-                    Ok(text) => found.extend(text.lines().filter_map(|l| l.parse::<u32>().ok())),
-                    // A cgroup removed since the walk has no processes left.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(source) => {
-                        return Err(AttachError::Read {
-                            path: procs,
-                            source,
-                        })
-                    }
-                }
-            }
+            let found = find()?;
             let new: Vec<u32> = found
                 .difference(&known)
                 .copied()
@@ -158,7 +140,7 @@ impl Guard {
             known.extend(&new);
             attached.extend(new);
         }
-        Err(AttachError::NoFixpoint { root: 0 })
+        Err(AttachError::NoFixpoint { root })
     }
 
     /// Removes every process and cgroup attachment of `session`. Tasks that have already
@@ -307,14 +289,24 @@ fn descendants(root: u32) -> Result<BTreeSet<u32>, AttachError> {
     }
 }
 
-/// The parent pid of `pid` from /proc/PID/stat (the field after the command, which is in
-/// parentheses and may itself contain spaces and parentheses).
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    let _state = fields.next()?;
-    fields.next()?.parse().ok()
+/// The processes of `cgroups`, from their `cgroup.procs`.
+fn cgroup_procs(cgroups: &[PathBuf]) -> Result<BTreeSet<u32>, AttachError> {
+    let mut found = BTreeSet::new();
+    for dir in cgroups {
+        let procs = dir.join("cgroup.procs");
+        match fs::read_to_string(&procs) {
+            Ok(text) => found.extend(text.lines().filter_map(|l| l.parse::<u32>().ok())),
+            // A cgroup removed since the walk has no processes left.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(AttachError::Read {
+                    path: procs,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn is_cgroup2(path: &Path) -> bool {

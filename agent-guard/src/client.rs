@@ -84,8 +84,3 @@ impl Connection {
 pub fn request(path: &Path, request: &Request) -> Result<Response, ClientError> {
     Connection::send(path, request)?.response()
 }
-
-/// Whether a daemon answers at `path`.
-pub fn daemon_present(path: &Path) -> bool {
-    path.exists()
-}

@@ -244,17 +244,18 @@ pub fn children_of(parent: Pid) -> Vec<Pid> {
         return Vec::new();
     };
     entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // The command name may contain spaces and parentheses: parse after the last ')'.
-                    let rest = &stat[stat.rfind(')')? + 2..];
-                    rest.split(' ').nth(1)?.parse::<i32>().ok()
-                })
-                == Some(parent.as_raw())
-        })
-        .map(Pid::from_raw)
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| parent_of(pid) == Some(parent.as_raw() as u32))
+        .map(|pid| Pid::from_raw(pid as i32))
         .collect()
+}
+
+/// The parent pid of `pid` from /proc/PID/stat (the field after the command, which is in
+/// parentheses and may itself contain spaces and parentheses).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let _state = fields.next()?;
+    fields.next()?.parse().ok()
 }

@@ -225,7 +225,7 @@ async fn run(
     policy_name: Option<String>,
 ) -> Response {
     // The process to enrol must be the client's own waiting child.
-    if peer::parent_of(pid) != Some(peer.pid) || peer::uid_of(pid) != Some(peer.uid) {
+    if crate::session::parent_of(pid) != Some(peer.pid) || peer::uid_of(pid) != Some(peer.uid) {
         return Response::error(
             format!("process {pid} is not a child of the requesting process {} with its user", peer.pid),
             "`agent-guard run` sends its own waiting child; other processes are attached by root with `agent-guard attach`",

@@ -42,14 +42,6 @@ fn status_field(pid: u32, key: &str) -> Option<String> {
         .map(|rest| rest.trim().to_owned())
 }
 
-/// The parent of `pid`, from /proc/PID/stat.
-pub fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: parse after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(1)?.parse().ok()
-}
-
 /// The real user id of `pid`.
 pub fn uid_of(pid: u32) -> Option<u32> {
     status_field(pid, "Uid:")?
@@ -79,7 +71,6 @@ mod tests {
     #[test]
     fn this_process_is_read_from_proc() {
         let me = std::process::id();
-        assert_eq!(parent_of(me), Some(nix::unistd::getppid().as_raw() as u32));
         assert_eq!(uid_of(me), Some(nix::unistd::getuid().as_raw()));
         assert!(alive(me));
         let peer = Peer {
