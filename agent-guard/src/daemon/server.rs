@@ -356,9 +356,10 @@ impl Daemon {
                 *counts.entry(*id).or_insert(0) += waiting + usize::from(cgroup);
             }
             if let Some(pid) = session.pending {
-                if self.guard.enrolment_pending(pid) && super::peer::alive(pid) {
+                let pending = self.guard.enrolment_pending(pid);
+                if pending && super::peer::alive(pid) {
                     *counts.entry(*id).or_insert(0) += 1;
-                } else if self.guard.enrolment_pending(pid) {
+                } else if pending {
                     self.guard.cancel_enrolment(pid);
                     session.pending = None;
                 } else {
@@ -442,35 +443,27 @@ impl Daemon {
         for file in bad {
             eprintln!("agent-guard daemon: ignoring unreadable session record {file}");
         }
-        let live = self.guard.tasks_by_session();
         for record in records {
-            let id = record.session;
-            if live.get(&id).copied().unwrap_or(0) == 0 {
+            let session = Session {
+                record,
+                counts: registry::Counts::default(),
+                pending: None,
+                network: None,
+                seen: Default::default(),
+            };
+            self.sessions.insert(session.record.session, session);
+        }
+        // Counted like the sweep does, so that an attached session whose processes have
+        // not reached a hook yet, or whose cgroup waits for its next process, lives on.
+        let members = self.members();
+        let ids: Vec<u32> = self.sessions.keys().copied().collect();
+        for id in ids {
+            if members.get(&id).copied().unwrap_or(0) == 0 {
                 // It ended while no daemon was running.
-                self.sessions.insert(
-                    id,
-                    Session {
-                        record,
-                        counts: registry::Counts::default(),
-                        pending: None,
-                        network: None,
-                        seen: Default::default(),
-                    },
-                );
                 self.end_session(id);
-                continue;
+            } else {
+                self.origin.adopted_sessions.push(session_label(id));
             }
-            self.origin.adopted_sessions.push(session_label(id));
-            self.sessions.insert(
-                id,
-                Session {
-                    record,
-                    counts: registry::Counts::default(),
-                    pending: None,
-                    network: None,
-                    seen: Default::default(),
-                },
-            );
         }
     }
 
