@@ -24,5 +24,6 @@ pub mod kernel_btf;
 pub mod network;
 pub mod paths;
 pub mod policy;
+pub mod report;
 pub mod selfcheck;
 pub mod session;
