@@ -9,6 +9,7 @@
 //! - [`selfcheck`]: proving that the kernel really enforces before anything runs.
 //! - [`session`]: starting a command inside a session and waiting for all of it.
 //! - [`events`]: decoding decisions and writing them as JSON lines.
+//! - [`metrics`]: the daemon's Prometheus metrics and the server that answers scrapes.
 //! - [`network`]: the host's addresses and the policy's hostnames, looked up at run time.
 //! - [`daemon`]: the service that pins the programs and starts sessions for its clients.
 //! - [`client`]: talking to the daemon over its control socket.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod daemon;
 pub mod events;
 pub mod kernel_btf;
+pub mod metrics;
 pub mod network;
 pub mod paths;
 pub mod policy;
