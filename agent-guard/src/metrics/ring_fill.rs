@@ -29,8 +29,22 @@ unsafe impl Sync for RingFill {}
 
 impl RingFill {
     /// Maps the positions of the `BPF_MAP_TYPE_RINGBUF` map `fd`, whose data area is `size`
-    /// bytes (its `max_entries`). The mapping outlives `fd`.
+    /// bytes (its `max_entries`). The mapping outlives `fd`. A map of another type or size
+    /// (one pinned by another build, say) is refused as `InvalidInput`.
     pub fn new(fd: BorrowedFd<'_>, size: u32) -> io::Result<RingFill> {
+        let (map_type, max_entries) = map_info(fd)?;
+        if map_type != BPF_MAP_TYPE_RINGBUF {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("map type {map_type} is not a ring buffer ({BPF_MAP_TYPE_RINGBUF})"),
+            ));
+        }
+        if max_entries != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the ring buffer holds {max_entries} bytes, not {size}"),
+            ));
+        }
         // SAFETY: sysconf has no preconditions.
         let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let page_size = usize::try_from(page_size).map_err(|_| io::Error::last_os_error())?;
@@ -87,6 +101,43 @@ impl RingFill {
     }
 }
 
+const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+
+/// The type and `max_entries` of map `fd`, from `bpf(BPF_OBJ_GET_INFO_BY_FD)` (aya keeps its
+/// own version of this to itself).
+fn map_info(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // The start of `struct bpf_map_info`: type, id, key_size, value_size, max_entries. The
+    // kernel fills in as much as `info_len` asks for.
+    let mut info = [0u32; 5];
+    /// `union bpf_attr` as this command reads it.
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = Attr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: bpf(2) reads `attr` and writes at most `info_len` bytes into `info`; both
+    // live across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<Attr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((info[0], info[4]))
+}
+
 impl Drop for RingFill {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, with its length; nothing refers to it after this.
@@ -101,7 +152,6 @@ pub(crate) mod tests {
     use super::*;
 
     const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_MAP_TYPE_RINGBUF: u32 = 27;
     const BPF_MAP_TYPE_ARRAY: u32 = 2;
 
     /// Creates a map with `bpf(BPF_MAP_CREATE)`: the first fields of `union bpf_attr` are
@@ -252,8 +302,27 @@ pub(crate) mod tests {
 
     #[test]
     fn a_map_that_is_no_ring_is_refused() {
-        let fd = create_map(BPF_MAP_TYPE_ARRAY, 4, 8, 4);
+        let fd = create_map(BPF_MAP_TYPE_ARRAY, 4, 8, 4096);
         let err = RingFill::new(fd.as_fd(), 4096).expect_err("an array map is no ring");
-        assert!(err.raw_os_error().is_some(), "{err}");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("not a ring buffer"), "{err}");
+    }
+
+    #[test]
+    fn a_ring_of_another_size_is_refused() {
+        let fd = create_ring(2 * 4096);
+        let err = RingFill::new(fd.as_fd(), 4096).expect_err("the size is wrong");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the ring buffer holds 8192 bytes, not 4096"
+        );
+    }
+
+    #[test]
+    fn an_fd_that_is_no_map_is_refused() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let err = RingFill::new(file.as_fd(), 4096).expect_err("/dev/null is no map");
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
     }
 }
