@@ -9,6 +9,8 @@
 //! - [`selfcheck`]: proving that the kernel really enforces before anything runs.
 //! - [`session`]: starting a command inside a session and waiting for all of it.
 //! - [`events`]: decoding decisions and writing them as JSON lines.
+//! - [`report`]: the sealed event lines and the files they are kept in.
+//! - [`sinks`]: sending each line to stdout, a file, syslog or a webhook, never waiting.
 //! - [`network`]: the host's addresses and the policy's hostnames, looked up at run time.
 //! - [`daemon`]: the service that pins the programs and starts sessions for its clients.
 //! - [`client`]: talking to the daemon over its control socket.
@@ -27,3 +29,4 @@ pub mod policy;
 pub mod report;
 pub mod selfcheck;
 pub mod session;
+pub mod sinks;
