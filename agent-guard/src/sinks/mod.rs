@@ -57,6 +57,8 @@ pub struct SinkHealth {
     pub dropped: u64,
     /// Lines queued in memory plus lines spooled and not yet acknowledged.
     pub backlog: u64,
+    /// The part of the backlog still in memory, not yet on its way or in the spool.
+    pub queued: u64,
     /// Size of the webhook's spool on disk.
     pub spool_bytes: u64,
     /// The most recent failure; cleared by the next successful delivery.
@@ -191,6 +193,7 @@ impl SinkSet {
                 delivered: sink.stats.delivered(),
                 dropped: sink.stats.dropped(),
                 backlog: sink.stats.backlog(),
+                queued: sink.stats.queued(),
                 spool_bytes: sink.stats.spool_bytes(),
                 last_error: sink.stats.last_error(),
             })

@@ -39,6 +39,10 @@ impl Stats {
         self.queued.load(Ordering::Relaxed) + self.spooled.load(Ordering::Relaxed)
     }
 
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     pub fn spool_bytes(&self) -> u64 {
         self.spool_bytes.load(Ordering::Relaxed)
     }
