@@ -17,7 +17,7 @@ use agent_guard::{
 
 /// An event line as the schema shapes it; every tenth one a denial.
 pub fn event(sequence: u64) -> Line {
-    let (kind, agent_kind) = if sequence % 10 == 0 {
+    let (kind, agent_kind) = if sequence.is_multiple_of(10) {
         ("alert", "decision")
     } else {
         ("event", "session-start")
