@@ -80,8 +80,9 @@ mod isolation {
     use super::*;
     use crate::receiver::{Mode, Receiver};
 
-    /// A webhook whose receiver accepts connections and never answers, next to a file
-    /// sink: submitting stays fast and the file gets everything.
+    /// A webhook whose receiver accepts connections and never answers and a syslog sink
+    /// whose socket is gone, next to a file sink: submitting stays fast and the file gets
+    /// everything.
     #[test]
     fn a_dead_sink_does_not_block_the_others() {
         const TOTAL: u64 = 100_000;
@@ -97,20 +98,37 @@ mod isolation {
             url = "{}"
             timeout_ms = 60000
             [[sink]]
+            type = "syslog"
+            name = "gone"
+            address = "{}"
+            [[sink]]
             type = "file"
             path = "{}"
             queue_max = {TOTAL}
             "#,
             receiver.url(),
+            dir.path().join("nobody.sock").display(),
             file.display()
         ));
-        let set = SinkSet::start(&configs, &dir.path().join("spool")).unwrap();
-        let lines: Vec<Line> = (1..=TOTAL).map(event).collect();
-        let start = Instant::now();
-        for line in &lines {
-            set.submit(line);
-        }
-        let submitting = start.elapsed();
+        let set = Arc::new(SinkSet::start(&configs, &dir.path().join("spool")).unwrap());
+        let lines: Arc<Vec<Line>> = Arc::new((1..=TOTAL).map(event).collect());
+        // Submitting on a thread of its own, so a submit that blocks fails the test
+        // rather than hanging it.
+        let (done, took) = std::sync::mpsc::channel();
+        let submitter = {
+            let (set, lines) = (set.clone(), lines.clone());
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                for line in lines.iter() {
+                    set.submit(line);
+                }
+                done.send(start.elapsed()).unwrap();
+            })
+        };
+        let submitting = took
+            .recv_timeout(Duration::from_secs(10))
+            .expect("submit blocked");
+        submitter.join().unwrap();
         assert!(
             submitting < Duration::from_secs(2),
             "submitting {TOTAL} lines took {submitting:?}"
@@ -120,7 +138,7 @@ mod isolation {
         });
         let written = std::fs::read_to_string(&file).unwrap();
         let mut count = 0;
-        for (line, expected) in written.lines().zip(&lines) {
+        for (line, expected) in written.lines().zip(lines.iter()) {
             assert_eq!(line, &*expected.text);
             count += 1;
         }
@@ -130,12 +148,19 @@ mod isolation {
         let stuck = health_of(&set, "stuck");
         assert_eq!(stuck.delivered, 0);
         assert_eq!(stuck.backlog + stuck.dropped, TOTAL, "{stuck:?}");
+        // The syslog sink holds one line in hand and a full queue; the rest is dropped.
+        let gone = health_of(&set, "gone");
+        assert_eq!(gone.delivered, 0);
+        assert!(gone.dropped >= TOTAL - 10_001, "{gone:?}");
         let mut overflows = BTreeMap::new();
         collect_overflows(&set, &mut overflows);
         assert!(!overflows.contains_key("file"), "{overflows:?}");
+        assert_eq!(overflows["gone"][0].dropped, gone.dropped);
+        assert_eq!(overflows["gone"][0].last_sequence, TOTAL);
 
         // The hanging POST does not hold up the shutdown past its deadline.
         let start = Instant::now();
+        let set = Arc::into_inner(set).expect("the submitter is done");
         set.shutdown(Duration::from_millis(300));
         assert!(
             start.elapsed() < Duration::from_secs(3),
