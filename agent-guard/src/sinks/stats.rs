@@ -21,6 +21,8 @@ pub struct Stats {
     queued: AtomicU64,
     /// Lines in the spool not yet acknowledged.
     spooled: AtomicU64,
+    /// Lines a sink's thread took off the queue and is still trying to deliver.
+    in_hand: AtomicU64,
     spool_bytes: AtomicU64,
     overflow: Mutex<Option<Dropped>>,
     last_error: Mutex<Option<String>>,
@@ -36,7 +38,9 @@ impl Stats {
     }
 
     pub fn backlog(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed) + self.spooled.load(Ordering::Relaxed)
+        self.queued.load(Ordering::Relaxed)
+            + self.spooled.load(Ordering::Relaxed)
+            + self.in_hand.load(Ordering::Relaxed)
     }
 
     pub fn queued(&self) -> u64 {
@@ -95,6 +99,10 @@ impl Stats {
 
     pub fn queued_out(&self, count: u64) {
         self.queued.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    pub fn set_in_hand(&self, lines: u64) {
+        self.in_hand.store(lines, Ordering::Relaxed);
     }
 
     pub fn set_spool(&self, lines: u64, bytes: u64) {

@@ -12,6 +12,7 @@ use std::{
     io::{self, Write as _},
     net::{TcpStream, ToSocketAddrs as _},
     os::unix::net::UnixDatagram,
+    sync::atomic::Ordering,
     time::Duration,
 };
 
@@ -209,16 +210,27 @@ impl Sender {
     /// when the queue closes, or once abandoned (the lines left are counted dropped).
     pub(crate) fn run(mut self, inbox: Inbox, control: Control) {
         let mut backoff = Backoff::default();
+        let mut failing = false;
         while let Some(line) = inbox.recv() {
+            // Once abandoned, a destination that just failed is not tried again for each
+            // line left: a TCP connect alone may take seconds.
+            if failing && control.abandon.load(Ordering::Relaxed) {
+                control.stats.add_dropped(1, line.sequence, line.sequence);
+                continue;
+            }
+            control.stats.set_in_hand(1);
             let message = format_rfc5424(&line, self.facility, self.procid);
             loop {
                 match self.send(&message) {
                     Ok(()) => {
+                        control.stats.set_in_hand(0);
                         control.stats.add_delivered(1);
                         backoff.reset();
+                        failing = false;
                         break;
                     }
                     Err(e) => {
+                        failing = true;
                         self.connection = None;
                         control
                             .stats
@@ -226,6 +238,7 @@ impl Sender {
                         // Retrying cannot make a datagram smaller.
                         let hopeless = e.raw_os_error() == Some(libc::EMSGSIZE);
                         if hopeless || !backoff.wait(&control.abandon) {
+                            control.stats.set_in_hand(0);
                             control.stats.add_dropped(1, line.sequence, line.sequence);
                             break;
                         }

@@ -205,5 +205,7 @@ mod isolation {
         });
         let health = health_of(&set, "syslog");
         assert_eq!(health.dropped, overflow.dropped);
+        // The line in hand and the full queue.
+        assert_eq!(health.dropped + health.backlog, 100, "{health:?}");
     }
 }
