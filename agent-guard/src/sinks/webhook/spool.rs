@@ -15,7 +15,7 @@ use std::{
     collections::VecDeque,
     fs::{self, File, OpenOptions},
     io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -87,7 +87,11 @@ pub struct Spool {
 impl Spool {
     /// Opens (creating) the spool in `dir` and picks up where a previous one stopped.
     pub fn open(dir: &Path, max_bytes: u64, stats: Arc<Stats>) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        // The lines name what agents tried: the spool is root's alone.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let lock = open_rw(&dir.join("lock"))?;
         let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
             io::Error::new(
@@ -577,6 +581,16 @@ mod tests {
         let _first = Spool::open(dir.path(), 1 << 20, stats.clone()).unwrap();
         let err = Spool::open(dir.path(), 1 << 20, stats).err().unwrap();
         assert!(err.to_string().contains("lock"), "{err}");
+    }
+
+    #[test]
+    fn the_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("siem");
+        let _spool = Spool::open(&dir, 1 << 20, Arc::new(Stats::default())).unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
