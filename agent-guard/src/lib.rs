@@ -10,6 +10,8 @@
 //! - [`session`]: starting a command inside a session and waiting for all of it.
 //! - [`events`]: decoding decisions and writing them as JSON lines.
 //! - [`metrics`]: the daemon's Prometheus metrics and the server that answers scrapes.
+//! - [`report`]: the sealed event lines and the files they are kept in.
+//! - [`sinks`]: sending each line to stdout, a file, syslog or a webhook, never waiting.
 //! - [`network`]: the host's addresses and the policy's hostnames, looked up at run time.
 //! - [`daemon`]: the service that pins the programs and starts sessions for its clients.
 //! - [`client`]: talking to the daemon over its control socket.
@@ -29,3 +31,4 @@ pub mod policy;
 pub mod report;
 pub mod selfcheck;
 pub mod session;
+pub mod sinks;

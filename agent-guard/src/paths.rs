@@ -12,6 +12,9 @@ pub const RUN_DIR: &str = "/run/agent-guard";
 pub const SOCKET: &str = "/run/agent-guard/agent-guard.sock";
 /// Lasting state.
 pub const STATE_DIR: &str = "/var/lib/agent-guard";
+/// The webhook sinks' disk spools, one directory per sink: lasting, so a restarted daemon
+/// sends what was not yet acknowledged.
+pub const SPOOL_DIR: &str = "/var/lib/agent-guard/spool";
 /// Event logs.
 pub const LOG_DIR: &str = "/var/log/agent-guard";
 /// Where the daemon pins its programs' links and maps (a bpffs).

@@ -13,8 +13,10 @@ use anyhow::{bail, Context as _};
 /// Debian packages: qemu and busybox for the VMs, the two test kernels
 /// (`linux-image-amd64` is the newest 6.1), and for the network tests `ip` (network
 /// namespaces, veth pairs) and dnsmasq (`dnsmasq-base`: the binary without a system
-/// service), which the VMs run from the host's root filesystem. bpf-linker needs no LLVM
-/// package: it links against the nightly toolchain's own (see [`rustc_llvm`]).
+/// service), which the VMs run from the host's root filesystem. rsyslog is the real
+/// receiver of the syslog sink's host test, which runs its own rsyslogd with a config of
+/// its own. bpf-linker needs no LLVM package: it links against the nightly toolchain's own
+/// (see [`rustc_llvm`]).
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -22,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "linux-image-6.12-amd64",
     "iproute2",
     "dnsmasq-base",
+    "rsyslog",
 ];
 
 /// Where virtme-ng lives: outside the checkout, so fresh clones share it.

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::{
     paths,
     policy::{Location, Policy, PolicyError},
+    sinks::{parse_sinks, SinkConfig},
 };
 
 /// config.toml as written. Every key is optional.
@@ -26,6 +27,9 @@ struct RawConfig {
     events: Option<PathBuf>,
     base_policy: Option<PathBuf>,
     policy_dir: Option<PathBuf>,
+    /// `[[sink]]` tables, validated by [`parse_sinks`] so errors can name the sink.
+    #[serde(default)]
+    sink: Vec<toml::Spanned<toml::Table>>,
 }
 
 /// The daemon's settings, with defaults applied and relative paths made absolute against
@@ -46,6 +50,8 @@ pub struct Config {
     pub base_policy: PathBuf,
     /// Named policies: `<name>.toml`, picked with `run --policy-name NAME`.
     pub policy_dir: PathBuf,
+    /// Where events go besides the event log.
+    pub sinks: Vec<SinkConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +85,17 @@ impl Config {
                 e.span().map_or(0, |s| s.start),
             ),
             message: e.message().to_owned(),
-            hint: "the keys are `socket`, `group`, `pin_dir`, `state_dir`, `events`, `base_policy` and `policy_dir`; see dist/config.toml".into(),
+            hint: "the keys are `socket`, `group`, `pin_dir`, `state_dir`, `events`, `base_policy`, `policy_dir` and `[[sink]]` tables; see dist/config.toml".into(),
+        })?;
+        let tables: Vec<toml::Table> = raw.sink.iter().map(|t| t.get_ref().clone()).collect();
+        let sinks = parse_sinks(&tables).map_err(|e| ConfigError::Invalid {
+            location: Location::at(
+                &file.display().to_string(),
+                text,
+                raw.sink[e.index - 1].span().start,
+            ),
+            message: e.to_string(),
+            hint: e.hint,
         })?;
         let dir = file.parent().unwrap_or(Path::new("/"));
         let at = |p: Option<PathBuf>, default: &str| match p {
@@ -96,6 +112,7 @@ impl Config {
             events: at(raw.events, &format!("{}/events.jsonl", paths::LOG_DIR)),
             base_policy: at(raw.base_policy, &format!("{}/base.toml", paths::CONFIG_DIR)),
             policy_dir: at(raw.policy_dir, &format!("{}/policies", paths::CONFIG_DIR)),
+            sinks,
         })
     }
 }
@@ -188,6 +205,23 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("hint:"), "{err}");
+    }
+
+    #[test]
+    fn sinks_are_read_and_their_errors_located() {
+        let text = "events = \"/x.jsonl\"\n\n[[sink]]\ntype = \"stdout\"\n\n[[sink]]\ntype = \"webhook\"\nname = \"siem\"\nurl = \"https://127.0.0.1/\"\n";
+        let err = Config::parse(Path::new("/c.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/c.toml:6:1: [[sink]] #2 (\"siem\"): `url`"),
+            "{err}"
+        );
+        assert!(err.contains("hint: write it as"), "{err}");
+        let text = text.replace("https", "http");
+        let config = Config::parse(Path::new("/c.toml"), &text).unwrap();
+        let names: Vec<_> = config.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["stdout", "siem"]);
     }
 
     #[test]
