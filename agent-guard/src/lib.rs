@@ -9,12 +9,14 @@
 //! - [`selfcheck`]: proving that the kernel really enforces before anything runs.
 //! - [`session`]: starting a command inside a session and waiting for all of it.
 //! - [`events`]: decoding decisions and writing them as JSON lines.
+//! - [`audit`]: the hash-chained audit log: sealing, resuming, verifying, reading back.
 //! - [`network`]: the host's addresses and the policy's hostnames, looked up at run time.
 //! - [`daemon`]: the service that pins the programs and starts sessions for its clients.
 //! - [`client`]: talking to the daemon over its control socket.
 //! - [`paths`]: where agent-guard keeps things on a host.
 //! - [`cli`]: one module per subcommand.
 pub mod attach;
+pub mod audit;
 pub mod bpf;
 pub mod cli;
 pub mod client;
