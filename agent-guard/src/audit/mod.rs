@@ -5,6 +5,10 @@
 //! - [`chain`]: sealing one line and reading a seal back.
 //! - [`journal`]: the per-host sequence, the chain head and the log file, resumed across
 //!   restarts and rotations.
+//! - [`verify`]: checking one or more log files, streaming, and naming the first bad link.
+//! - [`query`]: reading the log back with filters (`events --file`).
 pub mod chain;
 pub mod fields;
 pub mod journal;
+pub mod query;
+pub mod verify;
