@@ -258,8 +258,7 @@ fn newest_line(path: &Path) -> io::Result<Option<(u64, HexHash)>> {
 /// The sequence and hash of a sealed line.
 fn sealed(line: &[u8]) -> Option<(u64, HexHash)> {
     let seal = chain::unseal(line)?;
-    let event: serde_json::Value = serde_json::from_slice(line).ok()?;
-    Some((fields::sequence(&event)?, seal.hash))
+    Some((fields::sequence_of_line(line).ok()??, seal.hash))
 }
 
 /// Whether `path` is non-empty and does not end with a newline.

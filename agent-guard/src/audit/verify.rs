@@ -208,15 +208,18 @@ pub fn verify(files: &[PathBuf]) -> Result<Report, VerifyError> {
                 },
             });
         };
-        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&raw.text) else {
-            return broken(Problem::NotSealed {
-                reason: "it is not valid JSON",
-            });
-        };
-        let Some(sequence) = fields::sequence(&event) else {
-            return broken(Problem::NotSealed {
-                reason: "it has no event.sequence",
-            });
+        let sequence = match fields::sequence_of_line(&raw.text) {
+            Ok(Some(sequence)) => sequence,
+            Ok(None) => {
+                return broken(Problem::NotSealed {
+                    reason: "it has no event.sequence",
+                })
+            }
+            Err(_) => {
+                return broken(Problem::NotSealed {
+                    reason: "it is not valid JSON",
+                })
+            }
         };
         if !seal.recomputes() {
             return broken(Problem::Edited { sequence });
@@ -353,10 +356,7 @@ impl<'a> Lines<'a> {
             let Some(raw) = self.next()? else {
                 return Ok(None);
             };
-            let found = serde_json::from_slice::<serde_json::Value>(&raw.text)
-                .ok()
-                .and_then(|event| fields::sequence(&event));
-            if found == Some(sequence) {
+            if fields::sequence_of_line(&raw.text).ok().flatten() == Some(sequence) {
                 return Ok(Some(raw.at));
             }
         }
