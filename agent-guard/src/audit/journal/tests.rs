@@ -123,6 +123,16 @@ fn without_a_log_the_reservation_keeps_numbers_rising() {
 }
 
 #[test]
+fn a_lost_state_file_is_written_again_before_the_next_number() {
+    let log = log(NO_ROTATION);
+    append(&mut Journal::open(log.settings.clone()).unwrap(), 3);
+    std::fs::remove_file(&log.settings.state_file).unwrap();
+    let mut journal = Journal::open(log.settings.clone()).unwrap();
+    assert_eq!(journal.append(event).unwrap().sequence, 4);
+    assert_eq!(reserved(&log.settings), 4 + RESERVATION_BLOCK);
+}
+
+#[test]
 fn the_reservation_is_raised_before_its_last_number_is_used() {
     let log = log(NO_ROTATION);
     let mut journal = Journal::open(log.settings.clone()).unwrap();
