@@ -1,12 +1,21 @@
-//! The daemon's clients: `sessions`, `status`, `events`, `attach`.
-use std::path::PathBuf;
+//! The daemon's clients: `sessions`, `status`, `events`, `attach`; and `events --file`,
+//! which reads the audit log without the daemon.
+use std::{
+    io::{BufWriter, Write as _},
+    path::PathBuf,
+    time::SystemTime,
+};
 
 use clap::Args;
 
 use super::{report_error, EXIT_GUARD_UNAVAILABLE, EXIT_USAGE};
 use crate::{
+    audit::query::{self, Decision, Filter},
     client::{self, ClientError, Connection},
-    daemon::protocol::{PolicyText, Request, Response},
+    daemon::{
+        config::Config,
+        protocol::{PolicyText, Request, Response},
+    },
     paths,
 };
 
@@ -38,11 +47,31 @@ pub struct EventsArgs {
     #[command(flatten)]
     pub socket: SocketArg,
     /// Keep printing events as they come.
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with_all = ["file", "log"])]
     pub follow: bool,
     /// Only this session's events (its id, as `sessions` shows it).
     #[arg(long, value_name = "ID")]
     pub session: Option<String>,
+    /// Only events at or after TIME: RFC 3339 in UTC (2026-11-30T12:00:00Z) or an age
+    /// (30s, 10m, 2h, 1d).
+    #[arg(long, value_name = "TIME", value_parser = |t: &str| query::parse_since(t, SystemTime::now()))]
+    pub since: Option<SystemTime>,
+    /// Only events of this action: an operation (unlink, connect, ...) or session-start,
+    /// session-end, lost-events, policy-reload, sink-overflow. Repeatable.
+    #[arg(long, value_name = "OP", value_parser = query::parse_op)]
+    pub op: Vec<String>,
+    /// Only decisions that denied (deny) or that audit mode let pass (audit).
+    #[arg(long, value_name = "deny|audit")]
+    pub decision: Option<Decision>,
+    /// Read this audit log file instead of asking the daemon. Repeatable, oldest first.
+    #[arg(long, value_name = "FILE", conflicts_with = "log")]
+    pub file: Vec<PathBuf>,
+    /// Read the daemon's audit log and its rotated files instead of asking the daemon.
+    #[arg(long)]
+    pub log: bool,
+    /// The daemon's configuration, which names its audit log (for --log).
+    #[arg(long, value_name = "FILE", default_value = paths::CONFIG_FILE)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +223,15 @@ pub fn status(args: ListArgs) -> i32 {
 }
 
 pub fn events(args: EventsArgs) -> i32 {
+    let filter = Filter {
+        session: args.session.clone(),
+        since: args.since,
+        ops: args.op.clone(),
+        decision: args.decision,
+    };
+    if args.log || !args.file.is_empty() {
+        return events_from_log(&args, &filter);
+    }
     let request = Request::Events {
         session: args.session,
         follow: args.follow,
@@ -207,9 +245,35 @@ pub fn events(args: EventsArgs) -> i32 {
     }
     loop {
         match connection.line() {
-            Ok(Some(line)) => println!("{line}"),
+            Ok(Some(line)) if filter.matches_line(&line) => println!("{line}"),
+            Ok(Some(_)) => {}
             Ok(None) => return 0,
             Err(e) => return client_failure(&e),
+        }
+    }
+}
+
+/// `events --file`/`--log`: the audit log read offline, without the daemon.
+fn events_from_log(args: &EventsArgs, filter: &Filter) -> i32 {
+    let files = if args.log {
+        match Config::load(&args.config) {
+            Ok(config) => query::log_files(&config.events),
+            Err(e) => {
+                report_error("cannot find the audit log", &e);
+                return EXIT_USAGE;
+            }
+        }
+    } else {
+        args.file.clone()
+    };
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    match query::copy_matching(&files, filter, &mut out)
+        .and_then(|_| out.flush().map_err(query::QueryError::Write))
+    {
+        Ok(()) => 0,
+        Err(e) => {
+            report_error("cannot read the audit log", &e);
+            EXIT_USAGE
         }
     }
 }

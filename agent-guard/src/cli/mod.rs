@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod control;
 mod daemon;
 mod policy;
@@ -40,8 +41,12 @@ pub enum Command {
     Sessions(control::ListArgs),
     /// Show the daemon's health: kernel support, programs, sessions, lost events, sinks.
     Status(control::ListArgs),
-    /// Print the daemon's recent events, and with --follow the ones that come.
+    /// Print the daemon's recent events, and with --follow the ones that come; or read
+    /// the audit log with --file or --log.
     Events(control::EventsArgs),
+    /// Work with the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Internal: the start-up self-check's canary process.
     #[command(name = "__canary", hide = true)]
     Canary { path: PathBuf },
@@ -57,6 +62,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Sessions(args) => control::sessions(args),
         Command::Status(args) => control::status(args),
         Command::Events(args) => control::events(args),
+        Command::Audit(command) => audit::audit(command),
         Command::Canary { path } => crate::selfcheck::canary_process(&path),
     }
 }

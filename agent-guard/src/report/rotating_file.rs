@@ -46,15 +46,22 @@ impl RotatingFile {
     /// Appends `line` and a newline in one `write`, rotating first when the file would
     /// grow past its bound (a file holding no line yet takes any line).
     pub fn append(&mut self, line: &[u8]) -> io::Result<()> {
-        let len = line.len() as u64 + 1;
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        self.append_terminated(&buf)
+    }
+
+    /// [`append`](Self::append) for a line that already ends with its newline, so a
+    /// caller that reuses its buffer writes without copying.
+    pub fn append_terminated(&mut self, line: &[u8]) -> io::Result<()> {
+        debug_assert_eq!(line.last(), Some(&b'\n'));
+        let len = line.len() as u64;
         if self.rotation.max_bytes > 0 && self.size > 0 && self.size + len > self.rotation.max_bytes
         {
             self.rotate()?;
         }
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line);
-        buf.push(b'\n');
-        self.file.write_all(&buf)?;
+        self.file.write_all(line)?;
         self.size += len;
         Ok(())
     }
