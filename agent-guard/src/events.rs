@@ -1,10 +1,6 @@
-//! Events: decoding what the kernel side reports and writing it as JSON lines.
-use std::{
-    fs::{File, OpenOptions},
-    io::{self, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
-};
+//! Events: decoding what the kernel side reports, and where their lines go. Their JSON
+//! form is in `report::ecs`.
+use std::{fs::OpenOptions, io, os::unix::fs::OpenOptionsExt as _, path::PathBuf};
 
 use std::net::IpAddr;
 
@@ -23,7 +19,6 @@ use agent_guard_common::{
     RULE_SESSION_TABLE_FULL, RULE_UNCHECKED_PROTOCOL, RULE_UNRESOLVED, SOCK_DGRAM, SOCK_RAW,
     SOCK_SEQPACKET, SOCK_STREAM,
 };
-use serde::Serialize;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -257,17 +252,19 @@ impl NetDetails {
 
 /// Rebuilds an absolute path from the kernel's leaf-first, NUL-separated components.
 pub fn path_from_components(bytes: &[u8]) -> String {
-    let mut parts: Vec<&[u8]> = bytes.split(|&b| b == 0).filter(|p| !p.is_empty()).collect();
-    parts.reverse();
-    let mut out = String::from("/");
-    out.push_str(
-        &parts
-            .iter()
-            .map(|p| String::from_utf8_lossy(p))
-            .collect::<Vec<_>>()
-            .join("/"),
-    );
-    out
+    // Built in one buffer, leaf last: this runs for every path of every event.
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    for part in bytes.rsplit(|&b| b == 0).filter(|p| !p.is_empty()) {
+        out.push(b'/');
+        out.extend_from_slice(part);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    match String::from_utf8(out) {
+        Ok(path) => path,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
 }
 
 fn cstr(bytes: &[u8]) -> String {
@@ -391,7 +388,12 @@ impl Clock {
 
     /// RFC 3339 UTC time of a monotonic timestamp.
     pub fn rfc3339(&self, ktime_ns: u64) -> String {
-        rfc3339(ktime_ns as i128 + self.offset_ns)
+        rfc3339(self.unix_ns(ktime_ns))
+    }
+
+    /// Unix-epoch nanoseconds of a monotonic timestamp.
+    pub fn unix_ns(&self, ktime_ns: u64) -> i128 {
+        ktime_ns as i128 + self.offset_ns
     }
 
     /// RFC 3339 UTC time now.
@@ -402,6 +404,15 @@ impl Clock {
 
 /// Formats Unix-epoch nanoseconds as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 pub fn rfc3339(unix_ns: i128) -> String {
+    let mut out = [0u8; 27];
+    rfc3339_into(unix_ns, &mut out);
+    // The buffer holds ASCII digits and separators only.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// [`rfc3339`] into a fixed buffer, digit by digit: it runs for every event, and the
+/// formatting machinery costs more than the date arithmetic.
+pub fn rfc3339_into(unix_ns: i128, out: &mut [u8; 27]) {
     let secs = unix_ns.div_euclid(1_000_000_000) as i64;
     let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as u32;
     let days = secs.div_euclid(86_400);
@@ -415,114 +426,30 @@ pub fn rfc3339(unix_ns: i128) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// The JSON form of a decision.
-#[derive(Debug, Serialize)]
-pub struct DecisionRecord<'a> {
-    pub time: String,
-    pub kind: &'static str,
-    pub session: String,
-    pub policy: &'a str,
-    pub pid: u32,
-    pub tid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub comm: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<&'a str>,
-    pub op: &'static str,
-    pub paths: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target_pid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ptrace_mode: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bpf_command: Option<u32>,
-    /// What a `kernel-load` asked the kernel to load (`kernel-module`, `kexec-image`, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernel_object: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub family: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socket_type: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub address: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socket_path: Option<&'a str>,
-    /// The hostname of the deciding `hosts` rule that resolved to `address`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<&'a str>,
-    pub decision: &'static str,
-    pub rule: &'a str,
-    pub errno: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errno_name: Option<&'static str>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub path_truncated: bool,
-}
-
-impl<'a> DecisionRecord<'a> {
-    /// The record of decision `d` of a session under `policy`, whose rules are named by
-    /// `rule_names`; `hostname` is the hostname of the deciding hosts rule, if any.
-    pub fn new(
-        d: &'a Decision,
-        time: String,
-        policy: &'a str,
-        rule_names: &'a [String],
-        hostname: Option<&'a str>,
-    ) -> Self {
-        let net = d.net.as_ref();
-        Self {
-            time,
-            kind: "decision",
-            session: session_label(d.session),
-            policy,
-            pid: d.pid,
-            tid: d.tid,
-            ppid: d.ppid,
-            uid: d.uid,
-            gid: d.gid,
-            comm: &d.comm,
-            exe: d.exe.as_deref(),
-            op: d.op,
-            paths: &d.paths,
-            target_pid: (d.target_pid != 0).then_some(d.target_pid),
-            signal: (d.op == "signal").then_some(d.detail),
-            ptrace_mode: (d.op == "ptrace").then_some(d.detail),
-            bpf_command: (d.op == "bpf").then_some(d.detail),
-            kernel_object: if d.op == "kernel-load" {
-                kernel_object_name(d.detail)
-            } else {
-                None
-            },
-            family: net.map(|n| n.family.as_str()),
-            protocol: net.and_then(|n| n.protocol.as_deref()),
-            socket_type: net.and_then(|n| n.socket_type.as_deref()),
-            address: net.and_then(|n| n.address),
-            port: net.and_then(|n| n.port),
-            socket_path: net.and_then(|n| n.socket_path.as_deref()),
-            hostname,
-            decision: d.decision,
-            rule: d.rule.name(rule_names),
-            errno: d.errno,
-            errno_name: errno_name(d.errno),
-            path_truncated: d.truncated,
+    let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(0, 9999);
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
         }
+    };
+    put(0, 4, year as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, (rem / 3600) as u64);
+    put(14, 2, (rem % 3600 / 60) as u64);
+    put(17, 2, (rem % 60) as u64);
+    put(20, 6, u64::from(micros));
+    for (at, c) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (26, b'Z'),
+    ] {
+        out[at] = c;
     }
 }
 
@@ -546,19 +473,6 @@ pub fn deciding_hostname<'a>(
         .map(String::as_str)
 }
 
-/// The JSON form of a report of events the ring buffer dropped.
-#[derive(Debug, Serialize)]
-pub struct LostRecord<'a> {
-    pub time: String,
-    pub kind: &'static str,
-    pub session: String,
-    pub policy: &'a str,
-    /// Events dropped since the previous report.
-    pub lost: u64,
-    /// Events dropped since the session started.
-    pub lost_total: u64,
-}
-
 /// Session ids print as eight hex digits.
 pub fn session_label(session: u32) -> String {
     format!("{session:08x}")
@@ -580,48 +494,26 @@ impl std::fmt::Display for Destination {
     }
 }
 
-/// Writes JSON lines to the destination, one `write` per line.
-pub struct EventWriter {
-    out: Box<dyn io::Write + Send>,
-    pub destination: Destination,
-    pub written: u64,
-}
-
-impl EventWriter {
-    /// Opens the destination for appending; a new file is created readable by its owner only.
-    pub fn open(destination: Destination) -> io::Result<Self> {
-        let out: Box<dyn io::Write + Send> = match &destination {
-            Destination::Stderr => Box::new(io::stderr()),
-            Destination::File(path) => {
+impl Destination {
+    /// Opens the destination for appending; a new file is created readable by its owner
+    /// only, in a directory created as needed.
+    pub fn open(&self) -> io::Result<Box<dyn io::Write + Send>> {
+        Ok(match self {
+            Self::Stderr => Box::new(io::stderr()),
+            Self::File(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
-                Box::new(open_append(path)?)
+                Box::new(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .mode(0o600)
+                        .open(path)?,
+                )
             }
-        };
-        Ok(Self {
-            out,
-            destination,
-            written: 0,
         })
     }
-
-    pub fn write<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
-        line.push(b'\n');
-        self.out.write_all(&line)?;
-        self.out.flush()?;
-        self.written += 1;
-        Ok(())
-    }
-}
-
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
 }
 
 #[cfg(test)]

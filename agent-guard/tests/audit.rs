@@ -121,8 +121,11 @@ impl Log {
             state_file: dir.path().join("journal"),
         })
         .unwrap();
+        // One flush per line, as the daemon does when events come one at a time, so the
+        // log rotates between lines.
         for n in 0..count {
             append(&mut journal, &EVENTS[n % EVENTS.len()]);
+            journal.flush().unwrap();
         }
         (Log { dir, path }, journal)
     }

@@ -45,6 +45,8 @@ mod expect;
 mod fixture;
 #[path = "kernel/netfix.rs"]
 mod netfix;
+#[path = "kernel/receivers.rs"]
+mod receivers;
 #[path = "kernel/script.rs"]
 mod script;
 #[path = "kernel/session.rs"]
@@ -78,6 +80,8 @@ mod network;
 mod operations;
 #[path = "kernel/protected.rs"]
 mod protected;
+#[path = "kernel/reporting.rs"]
+mod reporting;
 #[path = "kernel/selfprotect.rs"]
 mod selfprotect;
 #[path = "kernel/selfprotect_paths.rs"]

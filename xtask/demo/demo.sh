@@ -45,15 +45,22 @@ python3 - "$DEMO/events.jsonl" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     e = json.loads(line)
-    if e.get("kind") != "decision":
+    ag = e["agent_guard"]
+    if ag["kind"] != "decision":
         print("  ", line.strip())
         continue
-    target = " -> ".join(e["paths"]) or (f"{e['address']}:{e['port']}" if "address" in e else e.get("socket_path", ""))
-    print(f"  {e['decision'].upper():5} {e['op']:<10} {target:<48} by {e['comm']} (pid {e['pid']}, exe {e.get('exe')}) rule={e['rule']}")
+    f, d = e.get("file", {}), e.get("destination", {})
+    target = " -> ".join(p for p in (f.get("path"), f.get("target_path")) if p)
+    target = target or (f"{d['ip']}:{d['port']}" if d else ag.get("socket", {}).get("path", ""))
+    p = e["process"]
+    print(f"  #{e['event']['sequence']:<3} {ag['decision'].upper():5} {e['event']['action']:<10} {target:<48} "
+          f"by {p['name']} (pid {p['pid']}, exe {p.get('executable')}) rule={e['rule']['name']}")
 print("   first event in full:")
 with open(sys.argv[1]) as f:
     print("  ", f.readline().strip())
 PY
+echo "== the events file's hash chain"
+"$AG" audit verify "$DEMO/events.jsonl" | sed 's/^/   /' 
 
 echo "== checking the outcome"
 after=$(cd "$DEMO/prod" && find . -type f -exec sha256sum {} + | sort)

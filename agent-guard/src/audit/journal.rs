@@ -94,8 +94,14 @@ pub struct Journal {
     reservation: Option<(PathBuf, u64)>,
     /// Reused for every line: the body, then the sealed line and its newline.
     buffer: Vec<u8>,
+    /// Sealed lines not written yet, and how many: written by `flush` in one `write`.
+    pending: Vec<u8>,
+    pending_lines: u64,
     write_errors: u64,
 }
+
+/// Past this many bytes of sealed lines, `append` writes them out itself.
+const PENDING_LIMIT: usize = 256 * 1024;
 
 impl Journal {
     /// Opens the audit log for appending and resumes the chain where it stopped: after
@@ -125,6 +131,8 @@ impl Journal {
             head,
             reservation: Some((settings.state_file, reserved)),
             buffer: Vec::with_capacity(4096),
+            pending: Vec::with_capacity(PENDING_LIMIT + 4096),
+            pending_lines: 0,
             write_errors: 0,
         })
     }
@@ -148,13 +156,21 @@ impl Journal {
             head: GENESIS,
             reservation: None,
             buffer: Vec::with_capacity(4096),
+            pending: Vec::with_capacity(PENDING_LIMIT + 4096),
+            pending_lines: 0,
             write_errors: 0,
         }
     }
 
-    /// Seals the next event and writes it. `write_body` serializes the event, with
-    /// `event.sequence` set to the number it is given, as one JSON object into the
+    /// Seals the next event and queues it for writing. `write_body` serializes the event,
+    /// with `event.sequence` set to the number it is given, as one JSON object into the
     /// (empty) buffer it is given.
+    ///
+    /// Lines are written by [`flush`](Self::flush), a batch in one `write` (one syscall
+    /// per line would halve the throughput), or here once the batch is large. A caller
+    /// hands a line to anyone else only after the flush that wrote it: a line that left
+    /// the host must be in the log, or a restarted journal would number another event
+    /// the same.
     pub fn append<F>(&mut self, write_body: F) -> Result<Line, JournalError>
     where
         F: FnOnce(u64, &mut Vec<u8>) -> io::Result<()>,
@@ -184,27 +200,50 @@ impl Journal {
         self.head = hash;
         let line = Line { sequence, text };
         self.buffer.push(b'\n');
+        self.pending.extend_from_slice(&self.buffer);
+        self.pending_lines += 1;
+        if self.pending.len() < PENDING_LIMIT {
+            return Ok(line);
+        }
+        match self.flush() {
+            Ok(()) => Ok(line),
+            Err(source) => Err(JournalError::Write {
+                target: self.target(),
+                line,
+                source,
+            }),
+        }
+    }
+
+    /// Writes the lines sealed since the last flush. When that fails, they are counted
+    /// as write errors and dropped from the log (their sequence numbers show the gap).
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         let written = match &mut self.output {
-            Output::Log(file) => file.append_terminated(&self.buffer),
-            Output::Writer(writer) => writer.write_all(&self.buffer),
+            Output::Log(file) => file.append_terminated(&self.pending),
+            Output::Writer(writer) => writer
+                .write_all(&self.pending)
+                .and_then(|()| writer.flush()),
             Output::Nowhere => Ok(()),
         };
-        match written {
-            Ok(()) => Ok(line),
-            Err(source) => {
-                self.write_errors += 1;
-                Err(JournalError::Write {
-                    target: self.target(),
-                    line,
-                    source,
-                })
-            }
+        if written.is_err() {
+            self.write_errors += self.pending_lines;
         }
+        self.pending.clear();
+        self.pending_lines = 0;
+        written
     }
 
     /// The sequence of the last line sealed (0 when none) and its hash, in hex.
     pub fn head(&self) -> (u64, String) {
         (self.last, chain::hash_str(&self.head).to_owned())
+    }
+
+    /// Lines sealed and not written yet.
+    pub fn unwritten(&self) -> u64 {
+        self.pending_lines
     }
 
     /// How many lines could not be written.
@@ -218,6 +257,13 @@ impl Journal {
             Output::Writer(_) => "the event output".to_owned(),
             Output::Nowhere => "nowhere".to_owned(),
         }
+    }
+}
+
+impl Drop for Journal {
+    /// What is sealed is written, whoever forgot to flush.
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 

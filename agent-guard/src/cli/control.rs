@@ -190,18 +190,32 @@ pub fn status(args: ListArgs) -> i32 {
         "decisions:  {} denied, {} audited; lost events: {}",
         d["decisions"]["denied"], d["decisions"]["audited"], d["lost_events"]
     );
+    let log = &d["audit_log"];
+    println!(
+        "audit log:  {}: {} written, {} write errors{}; sequence {}, chain head {}",
+        log["path"].as_str().unwrap_or("?"),
+        log["written"],
+        log["write_errors"],
+        if log["write_errors"].as_u64() == Some(0) {
+            ""
+        } else {
+            " (UNHEALTHY)"
+        },
+        log["sequence"],
+        log["head"].as_str().unwrap_or("?"),
+    );
     for sink in d["sinks"].as_array().into_iter().flatten() {
         println!(
-            "sink:       {} {}: {} written, {} write errors{}",
+            "sink:       {} ({}): {} delivered, {} dropped, backlog {}{}",
+            sink["name"].as_str().unwrap_or("?"),
             sink["kind"].as_str().unwrap_or("?"),
-            sink["path"].as_str().unwrap_or("?"),
-            sink["written"],
-            sink["write_errors"],
-            if sink["healthy"].as_bool() == Some(true) {
-                ""
-            } else {
-                " (UNHEALTHY)"
-            },
+            sink["delivered"],
+            sink["dropped"],
+            sink["backlog"],
+            sink["last_error"]
+                .as_str()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default(),
         );
     }
     println!(

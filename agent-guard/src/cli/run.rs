@@ -23,13 +23,15 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use super::{report_error, EXIT_GUARD_UNAVAILABLE, EXIT_USAGE};
 use crate::{
+    audit::journal::Journal,
     bpf::{Guard, Stats},
-    events::{
-        deciding_hostname, session_label, Clock, Decision, DecisionRecord, Destination,
-        EventWriter, LostRecord,
-    },
+    events::{session_label, Clock, Decision, Destination},
     network::live::{self, LiveNetwork},
     policy::{combine, Policy, ResolvedPolicy, SessionContext, BASE_POLICY_PATH},
+    report::{
+        ecs::{lost_report, LostCounts, LostFacts},
+        reporter::{Reporter, SessionView},
+    },
     selfcheck::{require_bpf_lsm, run_canary},
     session::{
         become_subreaper, children_of, random_session_id, spawn_enrolled, wait_all, SpawnError,
@@ -192,7 +194,7 @@ pub fn run(args: RunArgs) -> i32 {
                 .join(format!("session-{}.jsonl", session_label(session))),
         ),
     };
-    let writer = match EventWriter::open(destination.clone()) {
+    let writer = match destination.open() {
         Ok(writer) => writer,
         Err(e) => {
             report_error(&format!("cannot open the event log {destination}"), &e);
@@ -240,22 +242,28 @@ pub fn run(args: RunArgs) -> i32 {
         report_error("cannot become the reaper of the session's orphans", &e);
         return EXIT_GUARD_UNAVAILABLE;
     }
-    let clock = Clock::sample();
+    // This session's own log: numbered from 1 and chained from its first line, so
+    // `agent-guard audit verify` checks it like the daemon's.
     let mut out = Output {
-        writer,
-        clock,
+        reporter: Reporter::new(Journal::to_writer(writer), Clock::sample()),
+        destination,
         policy: resolved.source.clone(),
+        mode: resolved.mode.as_str(),
         rule_names: resolved.rule_names(),
         rule_hosts: network.rule_hosts(),
+        root_pid: 0,
         session,
-        write_errors: 0,
         lost_reported: 0,
     };
     for decision in early {
         out.decision(&decision, &network.seen);
     }
+    out.flush();
     let command = match spawn_enrolled(&mut guard, session, &args.command) {
-        Ok(pid) => pid,
+        Ok(pid) => {
+            out.root_pid = pid.as_raw() as u32;
+            pid
+        }
         Err(e) => {
             report_error("cannot start the command", &e);
             guard.remove_session(session);
@@ -296,32 +304,34 @@ fn report_warnings(warnings: &[String]) {
 
 /// Writes events and keeps the counts for the summary.
 struct Output {
-    writer: EventWriter,
-    clock: Clock,
+    reporter: Reporter,
+    destination: Destination,
     policy: String,
+    mode: &'static str,
     /// Names of the policy's rules, by the index events carry.
     rule_names: Vec<String>,
     /// Hostnames of each rule, by the same index.
     rule_hosts: Vec<Vec<String>>,
+    /// The command, where ancestry ends.
+    root_pid: u32,
     session: u32,
-    write_errors: u64,
     /// Lost events already reported.
     lost_reported: u64,
 }
 
 impl Output {
     fn decision(&mut self, d: &Decision, hostnames: &BTreeMap<IpAddr, Vec<String>>) {
-        let hostname = deciding_hostname(d, &self.rule_hosts, hostnames);
-        let record = DecisionRecord::new(
-            d,
-            self.clock.rfc3339(d.ktime_ns),
-            &self.policy,
-            &self.rule_names,
-            hostname,
-        );
-        if self.writer.write(&record).is_err() {
-            self.write_errors += 1;
-        }
+        let view = SessionView {
+            policy: &self.policy,
+            mode: self.mode,
+            root_pid: self.root_pid,
+            rule_names: &self.rule_names,
+            rule_hosts: &self.rule_hosts,
+            hostnames,
+        };
+        // A line that cannot be written is counted by the journal and named in the
+        // summary.
+        let _ = self.reporter.decision(d, &view);
     }
 
     /// Reports events the ring buffer dropped since the last report.
@@ -329,18 +339,25 @@ impl Output {
         let reported = self.lost_reported;
         self.lost_reported = lost_total.max(reported);
         if lost_total > reported {
-            let record = LostRecord {
-                time: self.clock.now(),
-                kind: "lost-events",
-                session: session_label(self.session),
-                policy: &self.policy,
-                lost: lost_total - reported,
-                lost_total,
+            let facts = LostFacts {
+                lost: LostCounts {
+                    count: lost_total - reported,
+                    total: lost_total,
+                },
             };
-            if self.writer.write(&record).is_err() {
-                self.write_errors += 1;
-            }
+            let _ = self.reporter.report(&lost_report(&facts));
+            self.flush();
         }
+    }
+
+    /// Writes what was sealed; a failure is counted and named in the summary.
+    fn flush(&mut self) {
+        let _ = self.reporter.flush();
+    }
+
+    /// Lines written whole.
+    fn written(&self) -> u64 {
+        self.reporter.sealed - self.reporter.write_errors()
     }
 }
 
@@ -351,6 +368,7 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Output, hostnames: &BTreeMap<IpA
             Err(e) => eprintln!("agent-guard: undecodable event: {e}"),
         }
     }
+    out.flush();
 }
 
 /// Runs until every process of the session is gone: forwards signals to the session, writes
@@ -444,8 +462,11 @@ fn summary(out: &Output, policy: &ResolvedPolicy, stats: Stats, baseline: Stats,
         session_label(out.session),
         policy.mode.as_str(),
         policy.source,
-        out.writer.written,
-        out.writer.destination,
-        if out.write_errors > 0 { format!(" ({} could not be written)", out.write_errors) } else { String::new() },
+        out.written(),
+        out.destination,
+        match out.reporter.write_errors() {
+            0 => String::new(),
+            n => format!(" ({n} could not be written)"),
+        },
     );
 }

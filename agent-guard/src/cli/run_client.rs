@@ -125,7 +125,7 @@ pub fn run_via_daemon(args: &RunArgs, socket: &Path) -> i32 {
         loop {
             while let Ok(Some(line)) = feed.line() {
                 let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if value["kind"] == "session-end" {
+                if value["agent_guard"]["kind"] == "session-end" {
                     let _ = end_tx.send(value);
                     return;
                 }
@@ -170,10 +170,10 @@ pub fn run_via_daemon(args: &RunArgs, socket: &Path) -> i32 {
     let status = wait_forwarding_signals(command);
     match end_rx.recv_timeout(END_WAIT) {
         Ok(end) => {
-            let counts = &end["counts"];
+            let counts = &end["agent_guard"]["counts"];
             eprintln!(
                 "agent-guard: session {session} ended (status {status}, through the daemon, policy {}): denied {}, audited {}; events in the daemon's log{}",
-                end["policy"].as_str().unwrap_or("?"),
+                end["agent_guard"]["policy"].as_str().unwrap_or("?"),
                 counts["denied"],
                 counts["audited"],
                 match &args.events {

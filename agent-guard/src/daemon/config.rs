@@ -5,6 +5,7 @@
 //! keeps the whole previous set in force.
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
@@ -13,8 +14,14 @@ use serde::Deserialize;
 use crate::{
     paths,
     policy::{Location, Policy, PolicyError},
+    report::rotating_file::Rotation,
     sinks::{parse_sinks, SinkConfig},
 };
+
+/// The audit log rotates at 100 MiB by default and keeps ten rotated files: about a GiB,
+/// some millions of events.
+const DEFAULT_EVENTS_MAX_BYTES: u64 = 100 * 1024 * 1024;
+const DEFAULT_EVENTS_KEEP: u32 = 10;
 
 /// config.toml as written. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -25,6 +32,11 @@ struct RawConfig {
     pin_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     events: Option<PathBuf>,
+    events_max_bytes: Option<u64>,
+    events_keep: Option<u32>,
+    journal: Option<PathBuf>,
+    spool_dir: Option<PathBuf>,
+    metrics: Option<toml::Spanned<String>>,
     base_policy: Option<PathBuf>,
     policy_dir: Option<PathBuf>,
     /// `[[sink]]` tables, validated by [`parse_sinks`] so errors can name the sink.
@@ -44,8 +56,15 @@ pub struct Config {
     pub pin_dir: PathBuf,
     /// Records of running sessions, read back by a restarted daemon.
     pub state_dir: PathBuf,
-    /// The event log (JSON lines).
+    /// The audit log: JSON lines, hash-chained, rotated by size.
     pub events: PathBuf,
+    pub events_rotation: Rotation,
+    /// Where the sequence numbers are reserved, so they never run backwards.
+    pub journal: PathBuf,
+    /// The webhook sinks' spools: what a receiver has not acknowledged yet.
+    pub spool_dir: PathBuf,
+    /// Where Prometheus may scrape `/metrics`; `None`: no listener.
+    pub metrics: Option<SocketAddr>,
     /// The mandatory base policy; a missing file means there is none.
     pub base_policy: PathBuf,
     /// Named policies: `<name>.toml`, picked with `run --policy-name NAME`.
@@ -85,7 +104,7 @@ impl Config {
                 e.span().map_or(0, |s| s.start),
             ),
             message: e.message().to_owned(),
-            hint: "the keys are `socket`, `group`, `pin_dir`, `state_dir`, `events`, `base_policy`, `policy_dir` and `[[sink]]` tables; see dist/config.toml".into(),
+            hint: "the keys are `socket`, `group`, `pin_dir`, `state_dir`, `events`, `events_max_bytes`, `events_keep`, `journal`, `spool_dir`, `metrics`, `base_policy`, `policy_dir` and `[[sink]]` tables; see dist/config.toml".into(),
         })?;
         let tables: Vec<toml::Table> = raw.sink.iter().map(|t| t.get_ref().clone()).collect();
         let sinks = parse_sinks(&tables).map_err(|e| ConfigError::Invalid {
@@ -97,6 +116,20 @@ impl Config {
             message: e.to_string(),
             hint: e.hint,
         })?;
+        let metrics = match &raw.metrics {
+            None => None,
+            Some(addr) => Some(addr.get_ref().parse::<SocketAddr>().map_err(|_| {
+                ConfigError::Invalid {
+                    location: Location::at(
+                        &file.display().to_string(),
+                        text,
+                        addr.span().start,
+                    ),
+                    message: format!("`metrics = {:?}` is not an address and port", addr.get_ref()),
+                    hint: "write an IP address and a port, like `metrics = \"127.0.0.1:9464\"`; leave the key out for no metrics listener".into(),
+                }
+            })?),
+        };
         let dir = file.parent().unwrap_or(Path::new("/"));
         let at = |p: Option<PathBuf>, default: &str| match p {
             Some(p) if p.is_relative() => dir.join(p),
@@ -110,6 +143,13 @@ impl Config {
             pin_dir: at(raw.pin_dir, paths::PIN_DIR),
             state_dir: at(raw.state_dir, paths::RUN_DIR),
             events: at(raw.events, &format!("{}/events.jsonl", paths::LOG_DIR)),
+            events_rotation: Rotation {
+                max_bytes: raw.events_max_bytes.unwrap_or(DEFAULT_EVENTS_MAX_BYTES),
+                keep: raw.events_keep.unwrap_or(DEFAULT_EVENTS_KEEP),
+            },
+            journal: at(raw.journal, crate::audit::journal::DEFAULT_STATE_FILE),
+            spool_dir: at(raw.spool_dir, paths::SPOOL_DIR),
+            metrics,
             base_policy: at(raw.base_policy, &format!("{}/base.toml", paths::CONFIG_DIR)),
             policy_dir: at(raw.policy_dir, &format!("{}/policies", paths::CONFIG_DIR)),
             sinks,

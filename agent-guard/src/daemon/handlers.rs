@@ -468,6 +468,7 @@ fn sessions(daemon: &mut Daemon, peer: &Peer) -> Response {
 
 fn status(daemon: &mut Daemon) -> Response {
     let stats = daemon.guard.stats().unwrap_or_default();
+    let head = daemon.reporter.head();
     let lsms = crate::selfcheck::active_lsms().unwrap_or_default();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|r| r.trim().to_owned())
@@ -492,13 +493,14 @@ fn status(daemon: &mut Daemon) -> Response {
         "sessions": daemon.sessions.len(),
         "decisions": { "denied": stats.denied, "audited": stats.audited },
         "lost_events": stats.lost,
-        "sinks": [{
-            "kind": "jsonl",
+        "audit_log": {
             "path": daemon.config.events,
-            "written": daemon.writer.written,
-            "write_errors": daemon.write_errors,
-            "healthy": daemon.write_errors == 0,
-        }],
+            "written": daemon.reporter.sealed - daemon.reporter.write_errors(),
+            "write_errors": daemon.reporter.write_errors(),
+            "sequence": head.0,
+            "head": head.1,
+        },
+        "sinks": daemon.sinks.as_ref().map(crate::sinks::SinkSet::health).unwrap_or_default(),
         "policies": daemon.policies.describe(),
         "reload": {
             "at": daemon.reloaded_at,

@@ -15,7 +15,7 @@ mod server;
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    os::unix::fs::PermissionsExt as _,
+    os::{fd::AsFd as _, unix::fs::PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -24,10 +24,14 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
+    audit::journal::{Journal, JournalSettings},
     bpf::{object_id, Guard},
-    events::{Clock, Destination, EventWriter},
+    events::Clock,
+    metrics::{Metrics, RingFill, ServerHandle},
     policy::PolicyError,
+    report::reporter::Reporter,
     selfcheck::{require_bpf_lsm, run_canary},
+    sinks::SinkSet,
 };
 use config::{Config, PolicySet};
 use registry::{Session, Store};
@@ -58,9 +62,18 @@ pub struct Daemon {
     pub guard: Guard,
     pub sessions: BTreeMap<u32, Session>,
     pub store: Store,
-    pub writer: EventWriter,
-    pub write_errors: u64,
-    pub clock: Clock,
+    /// Enriches, numbers, chains and writes every event to the audit log.
+    pub reporter: Reporter,
+    /// What Prometheus scrapes, and the listener when `metrics` is configured.
+    pub metrics: Arc<Metrics>,
+    pub metrics_server: Option<ServerHandle>,
+    /// Syslog, webhooks, stdout and further files: each on threads of its own, never
+    /// waited for. `None` once shut down.
+    pub sinks: Option<SinkSet>,
+    /// Sealed lines waiting for the audit log's next flush before they go anywhere else.
+    pub unreleased: Vec<(u32, Option<u32>, crate::report::Line)>,
+    /// The audit log failed a write: said once in the log, counted in `status`.
+    pub audit_log_failing: bool,
     pub recent: VecDeque<EventLine>,
     pub followers: tokio::sync::broadcast::Sender<EventLine>,
     /// Lost events already reported.
@@ -148,12 +161,37 @@ fn start(config_file: &Path, started: Instant) -> Result<(Daemon, RingBuf<MapDat
     guard.release_object();
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe { libc::malloc_trim(0) };
-    let writer = EventWriter::open(Destination::File(config.events.clone())).map_err(|e| {
+    let journal = Journal::open(JournalSettings {
+        path: config.events.clone(),
+        rotation: config.events_rotation,
+        state_file: config.journal.clone(),
+    })
+    .map_err(|e| {
         unavailable(
-            &format!("cannot open the event log {}", config.events.display()),
+            &format!(
+                "cannot open the audit log {} (or its sequence reservation {})",
+                config.events.display(),
+                config.journal.display()
+            ),
             &e,
         )
     })?;
+    let metrics = Arc::new(Metrics::new());
+    match RingFill::new(ring.as_fd(), agent_guard_common::EVENT_RING_BYTES) {
+        Ok(fill) => {
+            metrics.watch_ring(fill);
+        }
+        Err(e) => eprintln!("agent-guard daemon: the ring buffer's fill will not be measured: {e}"),
+    }
+    let metrics_server = match config.metrics {
+        Some(addr) => Some(
+            crate::metrics::serve(addr, metrics.clone())
+                .map_err(|e| unavailable(&format!("cannot serve metrics on {addr}"), &e))?,
+        ),
+        None => None,
+    };
+    let sinks = SinkSet::start(&config.sinks, &config.spool_dir)
+        .map_err(|e| unavailable("cannot start the sinks", &e))?;
     let group_gid = peer::group_id(&config.group);
     let store = Store::new(&config.state_dir);
     let (followers, _) = tokio::sync::broadcast::channel(4096);
@@ -166,9 +204,12 @@ fn start(config_file: &Path, started: Instant) -> Result<(Daemon, RingBuf<MapDat
         guard,
         sessions: BTreeMap::new(),
         store,
-        writer,
-        write_errors: 0,
-        clock: Clock::sample(),
+        reporter: Reporter::new(journal, Clock::sample()),
+        metrics,
+        metrics_server,
+        sinks: Some(sinks),
+        unreleased: Vec::new(),
+        audit_log_failing: false,
         recent: VecDeque::new(),
         followers,
         lost_reported: 0,

@@ -4,12 +4,10 @@ use std::{
     cell::RefCell,
     os::fd::{AsFd as _, AsRawFd as _},
     rc::Rc,
-    sync::Arc,
     time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
-use serde::Serialize;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use super::{
@@ -18,13 +16,27 @@ use super::{
     Daemon, EventLine, RECENT_EVENTS,
 };
 use crate::{
-    events::{session_label, Decision, DecisionRecord, LostRecord},
+    audit::journal::JournalError,
+    events::{session_label, Decision},
+    metrics::SinkSnapshot,
     policy::PolicyError,
+    report::{
+        ecs::{
+            lost_report, overflow_report, reload_report, session_report, LostCounts, LostFacts,
+            OverflowDetail, OverflowFacts, ReloadDetail, ReloadFacts, SessionChange, SessionCounts,
+            SessionLabel,
+        },
+        reporter::SessionView,
+        Line,
+    },
+    sinks::SinkSet,
 };
 
 /// How often sessions are checked for their end, lost events for news and hostnames for
 /// refreshes.
 const TICK: Duration = Duration::from_millis(500);
+/// How long the sinks may take to deliver what they hold when the daemon stops.
+const SINK_SHUTDOWN: Duration = Duration::from_secs(5);
 /// How long the policy directory must be quiet before a change is reloaded.
 const RELOAD_SETTLE: Duration = Duration::from_millis(200);
 
@@ -105,6 +117,8 @@ async fn run(mut daemon: Daemon, mut ring: RingBuf<MapData>) -> i32 {
                     d.drain(&mut ring);
                     d.sweep();
                     d.report_lost();
+                    d.report_overflows();
+                    d.update_gauges();
                 }
                 refresh_networks(&daemon).await;
             }
@@ -231,51 +245,65 @@ fn notify_systemd(state: &str) {
     }
 }
 
-/// The record of a session's start or end.
-#[derive(Serialize)]
-struct SessionEvent<'a> {
-    time: String,
-    kind: &'static str,
-    session: String,
-    policy: &'a str,
-    uid: u32,
-    pid: u32,
-    command: &'a str,
-    origin: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    counts: Option<registry::Counts>,
-}
-
-/// The record of a policy reload.
-#[derive(Serialize)]
-struct ReloadEvent<'a> {
-    time: String,
-    kind: &'static str,
-    trigger: &'a str,
-    outcome: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-}
-
 impl Daemon {
-    /// Writes a record to the event log and to the followers.
-    pub fn emit<T: Serialize>(&mut self, session: u32, uid: Option<u32>, record: &T) {
-        if self.writer.write(record).is_err() {
-            self.write_errors += 1;
+    /// Seals a report about the reporting and hands it to every consumer.
+    pub fn report<F: serde::Serialize>(
+        &mut self,
+        session: u32,
+        uid: Option<u32>,
+        report: &crate::report::ecs::Report<'_, F>,
+    ) {
+        let sealed = self.reporter.report(report);
+        self.metrics.record_report(report.kind);
+        self.stage(session, uid, sealed);
+        self.release();
+    }
+
+    /// Keeps a sealed line until [`release`](Self::release). A line the audit log could not
+    /// take still goes out.
+    fn stage(&mut self, session: u32, uid: Option<u32>, sealed: Result<Line, JournalError>) {
+        match sealed {
+            Ok(line) => self.unreleased.push((session, uid, line)),
+            Err(JournalError::Write { line, source, .. }) => {
+                self.report_write_error(&source);
+                self.unreleased.push((session, uid, line));
+            }
+            Err(e) => eprintln!("agent-guard daemon: an event could not be sealed: {e}"),
         }
-        let Ok(json) = serde_json::to_string(record) else {
-            return;
-        };
-        let line = EventLine {
-            session,
-            uid,
-            json: Arc::from(json),
-        };
-        if self.recent.len() == RECENT_EVENTS {
-            self.recent.pop_front();
+    }
+
+    /// Writes the staged lines to the audit log, then hands them to the sinks, the
+    /// followers and the recent buffer: no line leaves before the log has it, so a
+    /// restarted daemon never numbers another event the same.
+    pub fn release(&mut self) {
+        if let Err(e) = self.reporter.flush() {
+            self.report_write_error(&e);
         }
-        self.recent.push_back(line.clone());
-        let _ = self.followers.send(line);
+        for (session, uid, line) in std::mem::take(&mut self.unreleased) {
+            if let Some(sinks) = &self.sinks {
+                sinks.submit(&line);
+            }
+            let line = EventLine {
+                session,
+                uid,
+                json: line.text,
+            };
+            if self.recent.len() == RECENT_EVENTS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(line.clone());
+            let _ = self.followers.send(line);
+        }
+    }
+
+    fn report_write_error(&mut self, e: &std::io::Error) {
+        if !self.audit_log_failing {
+            eprintln!(
+                "agent-guard daemon: cannot write to the audit log {}: {e}; `status` counts the lines lost to it",
+                self.config.events.display()
+            );
+        }
+        self.audit_log_failing = true;
     }
 
     /// Reads every decision waiting in the ring buffer.
@@ -290,33 +318,42 @@ impl Daemon {
         for d in decisions {
             self.decision(&d);
         }
+        self.release();
     }
 
     fn decision(&mut self, d: &Decision) {
-        let time = self.clock.rfc3339(d.ktime_ns);
         let Some(session) = self.sessions.get_mut(&d.session) else {
             // A session this daemon does not know (a standalone `run`'s programs have
             // their own ring buffer, so this is a session whose record was lost): the
             // decision is still reported, with rule numbers for names.
-            let record = DecisionRecord::new(d, time, "<unknown session>", &[], None);
-            let record = serde_json::to_value(&record).unwrap_or_default();
-            self.emit(d.session, None, &record);
+            let nothing = Default::default();
+            let view = SessionView {
+                policy: "<unknown session>",
+                mode: "unknown",
+                root_pid: 0,
+                rule_names: &[],
+                rule_hosts: &[],
+                hostnames: &nothing,
+            };
+            let sealed = self.reporter.decision(d, &view);
+            self.metrics.record_decision(d.op, d.decision);
+            self.stage(d.session, None, sealed);
             return;
         };
         session.counts.add(d.decision);
-        let hostname =
-            crate::events::deciding_hostname(d, &session.record.rule_hosts, session.hostnames());
-        let record = DecisionRecord::new(
-            d,
-            time,
-            &session.record.policy,
-            &session.record.rule_names,
-            hostname,
-        );
-        // Serialized here: the record borrows the session.
-        let value = serde_json::to_value(&record).unwrap_or_default();
-        let uid = session.record.uid;
-        self.emit(d.session, Some(uid), &value);
+        self.metrics.record_decision(d.op, d.decision);
+        let record = &session.record;
+        let view = SessionView {
+            policy: &record.policy,
+            mode: &record.mode,
+            root_pid: record.root_pid,
+            rule_names: &record.rule_names,
+            rule_hosts: &record.rule_hosts,
+            hostnames: session.hostnames(),
+        };
+        let sealed = self.reporter.decision(d, &view);
+        let uid = record.uid;
+        self.stage(d.session, Some(uid), sealed);
     }
 
     /// Reports events the ring buffer dropped since the last report.
@@ -325,17 +362,54 @@ impl Daemon {
             return;
         };
         if stats.lost > self.lost_reported {
-            let record = LostRecord {
-                time: self.clock.now(),
-                kind: "lost-events",
-                session: "*".into(),
-                policy: "*",
-                lost: stats.lost - self.lost_reported,
-                lost_total: stats.lost,
+            let facts = LostFacts {
+                lost: LostCounts {
+                    count: stats.lost - self.lost_reported,
+                    total: stats.lost,
+                },
             };
             self.lost_reported = stats.lost;
-            self.emit(0, None, &record);
+            self.report(0, None, &lost_report(&facts));
         }
+    }
+
+    /// Reports the lines each sink had to drop since the last report.
+    pub fn report_overflows(&mut self) {
+        let overflows = self
+            .sinks
+            .as_ref()
+            .map(SinkSet::take_overflows)
+            .unwrap_or_default();
+        for o in overflows {
+            let facts = OverflowFacts {
+                sink: OverflowDetail {
+                    name: &o.sink,
+                    dropped: o.dropped,
+                    first_sequence: o.first_sequence,
+                    last_sequence: o.last_sequence,
+                },
+            };
+            self.report(0, None, &overflow_report(&facts));
+        }
+    }
+
+    /// Brings the metrics' gauges up to date.
+    pub fn update_gauges(&mut self) {
+        for sink in self.sinks.as_ref().map(SinkSet::health).unwrap_or_default() {
+            self.metrics.set_sink(
+                &sink.name,
+                SinkSnapshot {
+                    backlog: sink.backlog,
+                    delivered: sink.delivered,
+                    dropped: sink.dropped,
+                },
+            );
+        }
+        if let Ok(stats) = self.guard.stats() {
+            self.metrics.set_lost_events(stats.lost);
+        }
+        self.metrics.set_sessions(self.sessions.len() as u64);
+        self.metrics.set_event_sequence(self.reporter.head().0);
     }
 
     /// Live processes of each session, counting a `run` whose first process has not
@@ -396,29 +470,31 @@ impl Daemon {
         }
         self.guard.remove_session(id);
         self.store.remove(id);
-        let value = self.session_event("session-end", &session.record, Some(session.counts));
-        self.emit(id, Some(session.record.uid), &value);
+        self.session_event("session-end", &session.record, Some(session.counts));
+        if self.sessions.is_empty() {
+            self.reporter.forget_processes();
+        }
     }
 
-    /// The record of a session's start or end.
+    /// Reports a session's start or end.
     fn session_event(
-        &self,
+        &mut self,
         kind: &'static str,
         record: &registry::SessionRecord,
         counts: Option<registry::Counts>,
-    ) -> serde_json::Value {
-        let event = SessionEvent {
-            time: self.clock.now(),
-            kind,
-            session: session_label(record.session),
+    ) {
+        let facts = SessionChange {
+            session: SessionLabel::of(record.session),
             policy: &record.policy,
-            uid: record.uid,
-            pid: record.root_pid,
-            command: &record.command,
+            mode: &record.mode,
             origin: &record.origin,
-            counts,
+            counts: counts.map(|c| SessionCounts {
+                denied: c.denied,
+                audited: c.audited,
+            }),
         };
-        serde_json::to_value(&event).unwrap_or_default()
+        let report = session_report(kind, &facts, record.uid, record.root_pid, &record.command);
+        self.report(record.session, Some(record.uid), &report);
     }
 
     /// Registers a new session and reports its start.
@@ -430,10 +506,8 @@ impl Daemon {
                 session_label(id)
             );
         }
-        let value = self.session_event("session-start", &session.record, None);
-        let uid = session.record.uid;
+        self.session_event("session-start", &session.record, None);
         self.sessions.insert(id, session);
-        self.emit(id, Some(uid), &value);
     }
 
     /// Takes back the sessions of the previous daemon that still have processes; the
@@ -493,25 +567,26 @@ impl Daemon {
                 Some(text)
             }
         };
-        let record = ReloadEvent {
-            time: self.clock.now(),
-            kind: "policy-reload",
-            trigger,
-            outcome: if error.is_some() {
-                "refused"
-            } else {
-                "applied"
+        let facts = ReloadFacts {
+            reload: ReloadDetail {
+                trigger,
+                policies: self.policies.named.keys().cloned().collect(),
             },
-            error: error.as_deref(),
         };
-        let value = serde_json::to_value(&record).unwrap_or_default();
-        self.emit(0, None, &value);
+        self.report(0, None, &reload_report(&facts, error.as_deref()));
     }
 
     /// Leaves: the pinned programs keep guarding every running session. With none
     /// running, the pins are removed and the programs detach.
     pub fn shutdown(&mut self) {
         self.sweep();
+        self.report_lost();
+        self.report_overflows();
+        // What the sinks still hold gets a few seconds; a webhook's spool stays on disk
+        // for the next daemon.
+        if let Some(sinks) = self.sinks.take() {
+            sinks.shutdown(SINK_SHUTDOWN);
+        }
         if self.sessions.is_empty() {
             let _ = std::fs::remove_file(&self.config.socket);
             match crate::bpf::Guard::unpin(&self.config.pin_dir) {

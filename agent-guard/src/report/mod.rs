@@ -1,5 +1,8 @@
 //! Reporting upstream: the sealed event lines every consumer receives, and the files they
 //! are kept in.
+pub mod ancestry;
+pub mod ecs;
+pub mod reporter;
 pub mod rotating_file;
 
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use std::{
     fs::{self, File, OpenOptions},
     os::unix::fs::OpenOptionsExt as _,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use agent_guard::{
@@ -42,12 +42,8 @@ fn release(fifo: &str) {
     drop(file);
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    crate::fixture::wait_until(what, Duration::from_secs(120), done);
 }
 
 #[test]

@@ -1,12 +1,7 @@
 //! The daemon (issue #5): sessions outlive its death, unprivileged group members start
 //! sessions through it and nobody else does, sessions cannot reach it, a bad policy reload
 //! changes nothing, and garbage on its socket leaves it serving.
-use std::{
-    fs,
-    os::unix::fs::PermissionsExt as _,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{fs, os::unix::fs::PermissionsExt as _, process::Stdio, time::Duration};
 
 use crate::{
     daemonfix::{Daemon, NOBODY},
@@ -30,12 +25,8 @@ fn progress(path: &std::path::Path) -> u32 {
         .unwrap_or(0)
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SESSION_TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    crate::fixture::wait_until(what, SESSION_TIMEOUT, done);
 }
 
 #[test]
@@ -129,7 +120,11 @@ done"#,
     let events = daemon.events();
     let denials = events
         .iter()
-        .filter(|e| e["session"] == id.as_str() && e["op"] == "unlink" && e["decision"] == "deny")
+        .filter(|e| {
+            e["agent_guard"]["session"]["id"] == id.as_str()
+                && e["event"]["action"] == "unlink"
+                && e["agent_guard"]["decision"] == "deny"
+        })
         .count();
     assert!(
         denials >= 3,
@@ -138,7 +133,8 @@ done"#,
     assert!(
         events
             .iter()
-            .any(|e| e["session"] == id.as_str() && e["kind"] == "session-end"),
+            .any(|e| e["agent_guard"]["session"]["id"] == id.as_str()
+                && e["agent_guard"]["kind"] == "session-end"),
         "no session-end for {id}"
     );
     assert!(stderr.contains(&format!("session {id} ended")), "{stderr}");
@@ -201,11 +197,11 @@ fn group_members_start_sessions_without_privileges_and_others_are_refused() {
     let denial = stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|e| e["op"] == "unlink")
+        .find(|e| e["event"]["action"] == "unlink")
         .unwrap_or_else(|| panic!("no unlink event on stderr:\n{stderr}"));
-    assert_eq!(denial["decision"], "deny");
-    assert_eq!(denial["uid"], NOBODY);
-    assert_eq!(denial["rule"], "outside-writable-scope");
+    assert_eq!(denial["agent_guard"]["decision"], "deny");
+    assert_eq!(denial["user"]["id"], NOBODY.to_string());
+    assert_eq!(denial["rule"]["name"], "outside-writable-scope");
 
     let outsider = daemon
         .client_as_nobody(false, &fx.ws, &["run", "--", PROBE, "create", "theirs"])
@@ -262,8 +258,11 @@ fn a_session_cannot_reach_the_control_socket() {
     let refusals = daemon
         .events()
         .into_iter()
-        .filter(|e| e["op"] == "connect" && e["socket_path"] == socket.as_str())
-        .map(|e| e["rule"].as_str().unwrap_or_default().to_owned())
+        .filter(|e| {
+            e["event"]["action"] == "connect"
+                && e["agent_guard"]["socket"]["path"] == socket.as_str()
+        })
+        .map(|e| e["rule"]["name"].as_str().unwrap_or_default().to_owned())
         .collect::<Vec<_>>();
     assert!(refusals.len() >= 3, "{refusals:?}");
     assert!(
@@ -375,9 +374,12 @@ fn a_bad_policy_reload_keeps_the_old_policies_in_force() {
     );
     fx.assert_intact("prod/keep");
     let events = daemon.events();
-    assert!(events
-        .iter()
-        .any(|e| e["kind"] == "policy-reload" && e["outcome"] == "refused"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["agent_guard"]["kind"] == "policy-reload"
+                && e["event"]["outcome"] == "failure")
+    );
 
     // Fixed: the next reload goes through.
     fs::write(daemon.policy_dir.join("strict.toml"), "version = 1\n").unwrap();
@@ -474,7 +476,10 @@ fn the_base_policy_binds_every_session_through_the_daemon() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.starts_with("EPERM "), "{stdout}\n{stderr}");
-    assert!(stderr.contains("\"rule\":\"base:no-secrets\""), "{stderr}");
+    assert!(
+        stderr.contains("\"rule\":{\"name\":\"base:no-secrets\"}"),
+        "{stderr}"
+    );
     fx.assert_intact("ws/secrets/token");
     // A session policy that would open them up is refused, with the place to fix.
     let looser = fx.write(
@@ -598,21 +603,28 @@ wait"#,
     fx.assert_intact("prod/keep");
     fx.assert_intact("prod/keep-child");
     wait_until("the attached session to end", || {
-        daemon
-            .events()
-            .iter()
-            .any(|e| e["session"] == id.as_str() && e["kind"] == "session-end")
+        daemon.events().iter().any(|e| {
+            e["agent_guard"]["session"]["id"] == id.as_str()
+                && e["agent_guard"]["kind"] == "session-end"
+        })
     });
     let events = daemon.events();
     let denied: Vec<&serde_json::Value> = events
         .iter()
-        .filter(|e| e["session"] == id.as_str() && e["op"] == "unlink" && e["decision"] == "deny")
+        .filter(|e| {
+            e["agent_guard"]["session"]["id"] == id.as_str()
+                && e["event"]["action"] == "unlink"
+                && e["agent_guard"]["decision"] == "deny"
+        })
         .collect();
     assert!(denied.len() >= 4, "{denied:?}");
     let start = events
         .iter()
-        .find(|e| e["session"] == id.as_str() && e["kind"] == "session-start")
+        .find(|e| {
+            e["agent_guard"]["session"]["id"] == id.as_str()
+                && e["agent_guard"]["kind"] == "session-start"
+        })
         .expect("a session-start record");
-    assert_eq!(start["origin"], "attach");
-    assert_eq!(start["pid"], tree.id());
+    assert_eq!(start["agent_guard"]["origin"], "attach");
+    assert_eq!(start["process"]["pid"], tree.id());
 }

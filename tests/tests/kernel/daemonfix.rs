@@ -71,11 +71,13 @@ impl Daemon {
         fs::write(
             &config,
             format!(
-                "socket = \"{}\"\npin_dir = \"{}\"\nstate_dir = \"{}\"\nevents = \"{}\"\nbase_policy = \"base.toml\"\npolicy_dir = \"policies\"\n",
+                "socket = \"{}\"\npin_dir = \"{}\"\nstate_dir = \"{}\"\nevents = \"{}\"\njournal = \"{}/journal\"\nspool_dir = \"{}/spool\"\nbase_policy = \"base.toml\"\npolicy_dir = \"policies\"\n",
                 socket.display(),
                 pins.display(),
                 state.display(),
-                events.display()
+                events.display(),
+                state.display(),
+                state.display()
             ),
         )
         .expect("write config.toml");
@@ -92,6 +94,13 @@ impl Daemon {
             log: fx.path("daemon.log"),
             starts: 0,
         }
+    }
+
+    /// Adds `text` (keys, or `[[sink]]` tables) to the end of config.toml.
+    pub fn configure(&self, text: &str) {
+        let mut config = fs::read_to_string(&self.config).expect("read config.toml");
+        config.push_str(text);
+        fs::write(&self.config, config).expect("write config.toml");
     }
 
     /// Moves the control socket to `path`, outside /run/agent-guard where the kernel's

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-/// One `{"kind":"decision",...}` line.
+/// One decision line (`agent_guard.kind` = `decision`).
 #[derive(Debug, Clone)]
 pub struct Event {
     pub line: String,
@@ -42,8 +42,8 @@ pub struct Event {
     pub hostname: Option<String>,
     /// The process a signal, ptrace or other operation on a process was aimed at.
     pub target_pid: Option<u32>,
-    /// The whole event, for fields only some operations carry (`signal`, `ptrace_mode`,
-    /// `bpf_command`, `kernel_object`).
+    /// The event's `agent_guard` object, for fields only some operations carry (`signal`,
+    /// `ptrace_mode`, `bpf_command`, `kernel_object`).
     pub object: Map<String, Value>,
 }
 
@@ -56,18 +56,40 @@ pub struct EventLog {
 }
 
 impl EventLog {
+    /// Parses schema-1 lines (docs/events.md). Their sequence numbers must run 1, 2, 3...
+    /// with no gap and no repeat, and each line must carry its audit chain link.
     pub fn parse(text: &str) -> Self {
         let mut log = Self::default();
+        let mut previous_hash: Option<String> = None;
         for line in text.lines() {
             log.lines += 1;
             let value: Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("event line is not JSON ({e}): {line}"));
-            let object = value
-                .as_object()
-                .unwrap_or_else(|| panic!("event line is not an object: {line}"));
-            match str_field(object, "kind", line).as_str() {
-                "decision" => log.decisions.push(Event::from_object(object, line)),
-                "lost-events" => log.lost += u64_field(object, "lost", line),
+            assert!(value.is_object(), "event line is not an object: {line}");
+            assert_eq!(
+                at(&value, "/agent_guard/schema", line).as_u64(),
+                Some(1),
+                "schema version: {line}"
+            );
+            let sequence = at(&value, "/event/sequence", line)
+                .as_u64()
+                .unwrap_or_else(|| panic!("`event.sequence` is not a number: {line}"));
+            assert_eq!(
+                sequence, log.lines as u64,
+                "sequence numbers must run 1, 2, 3... with no gap: {line}"
+            );
+            let prev = text_at(&value, "/chain/prev", line);
+            if let Some(previous) = &previous_hash {
+                assert_eq!(&prev, previous, "chain link: {line}");
+            }
+            previous_hash = Some(text_at(&value, "/chain/hash", line));
+            match text_at(&value, "/agent_guard/kind", line).as_str() {
+                "decision" => log.decisions.push(Event::from_object(&value, line)),
+                "lost-events" => {
+                    log.lost += at(&value, "/agent_guard/lost/count", line)
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("lost count is not a number: {line}"))
+                }
                 other => panic!("unknown event kind {other:?}: {line}"),
             }
         }
@@ -75,85 +97,104 @@ impl EventLog {
     }
 }
 
-fn field<'a>(object: &'a Map<String, Value>, name: &str, line: &str) -> &'a Value {
-    object
-        .get(name)
-        .unwrap_or_else(|| panic!("event has no `{name}`: {line}"))
+/// The value at JSON pointer `pointer`, which must be there.
+pub fn at<'a>(value: &'a Value, pointer: &str, line: &str) -> &'a Value {
+    value
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("event has no `{pointer}`: {line}"))
 }
 
-fn str_field(object: &Map<String, Value>, name: &str, line: &str) -> String {
-    field(object, name, line)
+fn text_at(value: &Value, pointer: &str, line: &str) -> String {
+    at(value, pointer, line)
         .as_str()
-        .unwrap_or_else(|| panic!("`{name}` is not a string: {line}"))
+        .unwrap_or_else(|| panic!("`{pointer}` is not a string: {line}"))
         .to_owned()
 }
 
-fn u64_field(object: &Map<String, Value>, name: &str, line: &str) -> u64 {
-    field(object, name, line)
+fn u32_at(value: &Value, pointer: &str, line: &str) -> u32 {
+    at(value, pointer, line)
         .as_u64()
-        .unwrap_or_else(|| panic!("`{name}` is not an unsigned integer: {line}"))
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or_else(|| panic!("`{pointer}` is not a 32-bit unsigned integer: {line}"))
 }
 
-fn u32_field(object: &Map<String, Value>, name: &str, line: &str) -> u32 {
-    u32::try_from(u64_field(object, name, line))
-        .unwrap_or_else(|_| panic!("`{name}` does not fit in 32 bits: {line}"))
+/// ECS keeps user and group ids as strings of digits.
+fn id_at(value: &Value, pointer: &str, line: &str) -> u32 {
+    text_at(value, pointer, line)
+        .parse()
+        .unwrap_or_else(|_| panic!("`{pointer}` is not a numeric id: {line}"))
 }
 
 impl Event {
-    fn from_object(o: &Map<String, Value>, line: &str) -> Self {
-        let optional_str = |name: &str| {
-            o.get(name).map(|v| {
-                v.as_str()
-                    .unwrap_or_else(|| panic!("`{name}` is not a string: {line}"))
+    fn from_object(v: &Value, line: &str) -> Self {
+        let optional_str = |pointer: &str| {
+            v.pointer(pointer).map(|s| {
+                s.as_str()
+                    .unwrap_or_else(|| panic!("`{pointer}` is not a string: {line}"))
                     .to_owned()
             })
         };
-        let paths = field(o, "paths", line)
-            .as_array()
-            .unwrap_or_else(|| panic!("`paths` is not an array: {line}"))
-            .iter()
-            .map(|p| {
-                p.as_str()
-                    .unwrap_or_else(|| panic!("a path is not a string: {line}"))
-                    .to_owned()
-            })
-            .collect();
+        let mut paths = Vec::new();
+        if let Some(path) = optional_str("/file/path") {
+            paths.push(path);
+            paths.extend(optional_str("/file/target_path"));
+        }
+        let decision = text_at(v, "/agent_guard/decision", line);
+        let outcome = text_at(v, "/event/outcome", line);
+        let expected_outcome = if decision == "deny" {
+            "failure"
+        } else {
+            "success"
+        };
+        assert_eq!(
+            outcome, expected_outcome,
+            "event.outcome of a {decision}: {line}"
+        );
+        let family = optional_str("/network/type").map(|t| match t.as_str() {
+            "ipv4" => "inet".to_owned(),
+            "ipv6" => "inet6".to_owned(),
+            _ => t,
+        });
+        let agent_guard = at(v, "/agent_guard", line)
+            .as_object()
+            .unwrap_or_else(|| panic!("`agent_guard` is not an object: {line}"))
+            .clone();
         Self {
             line: line.to_owned(),
-            time: str_field(o, "time", line),
-            session: str_field(o, "session", line),
-            policy: str_field(o, "policy", line),
-            pid: u32_field(o, "pid", line),
-            tid: u32_field(o, "tid", line),
-            ppid: u32_field(o, "ppid", line),
-            uid: u32_field(o, "uid", line),
-            gid: u32_field(o, "gid", line),
-            comm: str_field(o, "comm", line),
-            exe: optional_str("exe"),
-            op: str_field(o, "op", line),
+            time: text_at(v, "/@timestamp", line),
+            session: text_at(v, "/agent_guard/session/id", line),
+            policy: text_at(v, "/agent_guard/policy", line),
+            pid: u32_at(v, "/process/pid", line),
+            tid: u32_at(v, "/process/thread/id", line),
+            ppid: u32_at(v, "/process/parent/pid", line),
+            uid: id_at(v, "/user/id", line),
+            gid: id_at(v, "/group/id", line),
+            comm: text_at(v, "/process/name", line),
+            exe: optional_str("/process/executable"),
+            op: text_at(v, "/event/action", line),
             paths,
-            decision: str_field(o, "decision", line),
-            rule: str_field(o, "rule", line),
-            errno: u32_field(o, "errno", line),
-            errno_name: optional_str("errno_name"),
-            path_truncated: o
-                .get("path_truncated")
+            decision,
+            rule: text_at(v, "/rule/name", line),
+            errno: u32_at(v, "/agent_guard/errno", line),
+            errno_name: optional_str("/error/code"),
+            path_truncated: v
+                .pointer("/agent_guard/path_truncated")
                 .is_some_and(|v| v == &Value::Bool(true)),
-            family: optional_str("family"),
-            protocol: optional_str("protocol"),
-            socket_type: optional_str("socket_type"),
-            address: optional_str("address"),
-            port: o.get("port").map(|v| {
-                v.as_u64()
+            family,
+            protocol: optional_str("/network/transport"),
+            socket_type: optional_str("/agent_guard/socket/type"),
+            address: optional_str("/destination/ip"),
+            port: v.pointer("/destination/port").map(|p| {
+                p.as_u64()
                     .and_then(|p| u16::try_from(p).ok())
-                    .unwrap_or_else(|| panic!("`port` is not a port number: {line}"))
+                    .unwrap_or_else(|| panic!("`destination.port` is not a port number: {line}"))
             }),
-            socket_path: optional_str("socket_path"),
-            hostname: optional_str("hostname"),
-            target_pid: o
-                .get("target_pid")
-                .map(|_| u32_field(o, "target_pid", line)),
-            object: o.clone(),
+            socket_path: optional_str("/agent_guard/socket/path"),
+            hostname: optional_str("/destination/domain"),
+            target_pid: v
+                .pointer("/agent_guard/target/pid")
+                .map(|_| u32_at(v, "/agent_guard/target/pid", line)),
+            object: agent_guard,
         }
     }
 }

@@ -288,3 +288,15 @@ fn unescape_mountinfo(field: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Polls `done` every 50 ms until it holds; fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -33,8 +33,16 @@ const NO_ROTATION: Rotation = Rotation {
     keep: 0,
 };
 
+/// Appends `count` events, each flushed on its own (a batch of one, as when events come
+/// one at a time).
 fn append(journal: &mut Journal, count: usize) -> Vec<Line> {
-    (0..count).map(|_| journal.append(event).unwrap()).collect()
+    (0..count)
+        .map(|_| {
+            let line = journal.append(event).unwrap();
+            journal.flush().unwrap();
+            line
+        })
+        .collect()
 }
 
 fn prev_of(line: &Line) -> String {
@@ -162,6 +170,7 @@ fn a_line_cut_short_is_left_on_its_own() {
     let mut journal = Journal::open(log.settings.clone()).unwrap();
     assert_eq!(journal.head().0, 2);
     let next = journal.append(event).unwrap();
+    journal.flush().unwrap();
     let text = std::fs::read_to_string(&log.settings.path).unwrap();
     let last_two: Vec<&str> = text.lines().skip(2).collect();
     assert_eq!(last_two, [&lines[1].text[..40], &*next.text]);
@@ -195,11 +204,15 @@ impl Write for Failing {
 #[test]
 fn a_write_error_is_returned_and_counted_and_the_line_kept() {
     let mut journal = Journal::to_writer(Box::new(Failing));
-    match journal.append(event) {
-        Err(JournalError::Write { line, .. }) => assert_eq!(line.sequence, 1),
-        other => panic!("expected a write error, got {other:?}"),
-    }
+    let line = journal.append(event).unwrap();
+    assert_eq!(line.sequence, 1);
+    assert_eq!(journal.unwritten(), 1);
+    assert!(
+        journal.flush().is_err(),
+        "the flush reports the failed write"
+    );
     assert_eq!(journal.write_errors(), 1);
+    assert_eq!(journal.unwritten(), 0);
     assert_eq!(journal.head().0, 1);
 }
 
