@@ -1,7 +1,8 @@
 //! The event pipeline's throughput on one core, as `cargo xtask bench` reports it: raw
 //! ring-buffer records, as the kernel side writes them, are decoded, enriched (time, host,
-//! session, rule names, ancestry), numbered, hash-chained and written to a JSON Lines
-//! audit log, exactly as the daemon does for each record it drains.
+//! session, rule names, ancestry) and written as JSON Lines (1, "unchained"); then the
+//! same again numbered and hash-chained by the journal, exactly as the daemon does for
+//! each record it drains (2, "pipeline").
 //!
 //! Baseline, in the same run: writing the very lines the pipeline produced, already
 //! rendered, to a log the same way (a batch of 256 lines per write, as the daemon flushes
@@ -16,8 +17,10 @@ use std::{
 
 use agent_guard::{
     audit::journal::{Journal, JournalSettings},
-    events::{Clock, Decision},
+    events::{rfc3339_into, Clock, Decision},
     report::{
+        ancestry::Ancestry,
+        ecs::{write_decision, SessionFacts, Stamp},
         reporter::{Reporter, SessionView},
         rotating_file::{RotatingFile, Rotation},
     },
@@ -143,7 +146,52 @@ fn main() {
         hostnames: &hostnames,
     };
 
-    // The pipeline: decode, enrich, seal, write.
+    // 1. Decode, enrich, write JSONL: the lines without the audit chain, written as the
+    //    journal writes them (a batch per drain).
+    let plain = dir.join("plain.jsonl");
+    let _ = std::fs::remove_file(&plain);
+    let mut file = RotatingFile::open(&plain, rotation).expect("open the plain log");
+    let clock = Clock::sample();
+    let host = agent_guard::report::ecs::host_name();
+    let mut ancestry = Ancestry::default();
+    let mut ancestors = Vec::new();
+    let mut batch = Vec::with_capacity(512 * 1024);
+    let started = Instant::now();
+    for n in 0..events {
+        let raw = &records[(n % records.len() as u64) as usize];
+        let d = Decision::decode(raw).expect("a valid record");
+        if ancestry.learn(d.pid, d.ppid, &d.comm) || ancestors.is_empty() {
+            ancestry.of(d.ppid, view.root_pid, &mut ancestors);
+        }
+        let mut time = [0u8; 27];
+        rfc3339_into(clock.unix_ns(d.ktime_ns), &mut time);
+        let stamp = Stamp {
+            timestamp: std::str::from_utf8(&time).expect("ASCII"),
+            sequence: n + 1,
+            host: &host,
+        };
+        let facts = SessionFacts {
+            policy: view.policy,
+            mode: view.mode,
+            rule_names: view.rule_names,
+            hostname: None,
+            ancestry: &ancestors,
+        };
+        write_decision(&mut batch, stamp, &d, facts).expect("serialized");
+        batch.push(b'\n');
+        if n % 256 == 255 {
+            file.append_terminated(&batch).expect("written");
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        file.append_terminated(&batch).expect("written");
+    }
+    let unchained = started.elapsed();
+    let _ = std::fs::remove_file(&plain);
+
+    // 2. The daemon's pipeline: the same, numbered and sealed into the hash chain by the
+    //    journal (SHA-256 of every line).
     let log = dir.join("pipeline.jsonl");
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_file(dir.join("pipeline.state"));
@@ -199,10 +247,13 @@ fn main() {
         "{}",
         serde_json::json!({
             "events": events,
+            "unchained_seconds": unchained.as_secs_f64(),
+            "unchained_events_per_second": rate(unchained).round(),
             "pipeline_seconds": pipeline.as_secs_f64(),
             "pipeline_events_per_second": rate(pipeline).round(),
             "baseline_seconds": baseline.as_secs_f64(),
             "baseline_events_per_second": rate(baseline).round(),
+            "unchained_ratio": unchained.as_secs_f64() / baseline.as_secs_f64(),
             "ratio": pipeline.as_secs_f64() / baseline.as_secs_f64(),
             "bytes_per_event": bytes as f64 / events as f64,
         })

@@ -41,6 +41,7 @@ const NET_PORT: u16 = 20_480;
 pub fn bench(iterations: u32, repetitions: u32) -> anyhow::Result<()> {
     setup(Verbosity::Quiet)?;
     build_release()?;
+    crate::bench_pipeline::bench_pipeline()?;
     let kernel = kernel_image("6.12").context("no 6.12 kernel; run `cargo xtask setup`")?;
     let script = format!(
         r#"set -eu
@@ -187,6 +188,31 @@ kill $SERVE; wait $SERVE || true
         b_base,
         b_guard,
         b_guard / b_base
+    );
+    // End to end: every denial of loop (b) is an event decoded, enriched, chained and
+    // written by `run`'s pipeline. With none lost, the pipeline kept up with the loop.
+    let (mut written, mut lost) = (0u64, 0u64);
+    for line in run.output.lines().filter(|l| l.contains("SUMMARY ")) {
+        let count = |after: &str| -> u64 {
+            line.split(after)
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        lost += count(", lost ");
+        written += count("; ");
+    }
+    println!(
+        "{:<48} {:>10} {:>10.0} {:>7}",
+        "(b) end to end: events/s written by `run`",
+        "",
+        1e9 / b_guard,
+        if lost == 0 {
+            format!("{written} events, none lost")
+        } else {
+            format!("{lost} LOST")
+        }
     );
     println!(
         "{:<48} {:>10.0} {:>10.0} {:>7.3}",

@@ -6,6 +6,7 @@
 //! tested on a host whose kernel refuses BPF trampolines.
 mod bench;
 mod bench_daemon;
+mod bench_pipeline;
 mod build;
 mod demo;
 mod setup;

@@ -3,9 +3,9 @@
 //!
 //! Records borrow what they print and serialize straight into the caller's buffer: the
 //! daemon writes every decision the kernel reports, at up to a million a second.
-use std::net::IpAddr;
+use serde::Serialize;
 
-use serde::{Serialize, Serializer};
+use super::json::JsonWriter;
 
 use crate::events::{errno_name, kernel_object_name, session_label, Decision};
 
@@ -46,141 +46,11 @@ struct EventMeta<'a> {
     kinds: Option<[&'static str; 2]>,
 }
 
-/// ECS keeps user and group ids as strings.
-#[derive(Serialize)]
-struct Id {
-    #[serde(serialize_with = "as_string")]
-    id: u32,
-}
-
-fn as_string<S: Serializer>(n: &u32, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(n)
-}
-
-#[derive(Serialize)]
-struct Thread {
-    id: u32,
-}
-
-#[derive(Serialize)]
-struct Parent {
-    pid: u32,
-}
-
-#[derive(Serialize)]
-struct Process<'a> {
-    pid: u32,
-    thread: Thread,
-    parent: Parent,
-    name: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    executable: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct File<'a> {
-    path: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    target_path: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Destination<'a> {
-    ip: IpAddr,
-    port: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    domain: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Network<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    transport: Option<&'a str>,
-    #[serde(rename = "type")]
-    family: &'a str,
-}
-
-#[derive(Serialize)]
-struct Rule<'a> {
-    name: &'a str,
-}
-
-#[derive(Serialize)]
-struct ErrorCode {
-    code: &'static str,
-}
-
-#[derive(Serialize)]
-struct SessionId {
-    id: String,
-}
-
 /// One ancestor of the acting process, as far as it is still known.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Ancestor {
     pub pid: u32,
     pub name: String,
-}
-
-#[derive(Serialize)]
-struct Socket<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<&'a str>,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    socket_type: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Target {
-    pid: u32,
-}
-
-#[derive(Serialize)]
-struct DecisionFacts<'a> {
-    schema: u32,
-    kind: &'static str,
-    session: SessionId,
-    policy: &'a str,
-    mode: &'a str,
-    decision: &'static str,
-    errno: u32,
-    ancestry: &'a [Ancestor],
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    path_truncated: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    socket: Option<Socket<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    target: Option<Target>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    signal: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ptrace_mode: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bpf_command: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kernel_object: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct DecisionEvent<'a> {
-    #[serde(rename = "@timestamp")]
-    timestamp: &'a str,
-    ecs: Ecs,
-    event: EventMeta<'a>,
-    host: Host<'a>,
-    process: Process<'a>,
-    user: Id,
-    group: Id,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<File<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    destination: Option<Destination<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    network: Option<Network<'a>>,
-    rule: Rule<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorCode>,
-    agent_guard: DecisionFacts<'a>,
 }
 
 /// What a decision's session tells about it.
@@ -213,7 +83,9 @@ fn classify(op: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// Writes decision `d` as one JSON object into `out`.
+/// Writes decision `d` as one JSON object into `out`, field for field as docs/events.md
+/// lists them. Written by hand ([`JsonWriter`]): serde_json took 0.9 µs per decision, most
+/// of the time the pipeline may spend on one.
 pub fn write_decision(
     out: &mut Vec<u8>,
     stamp: Stamp<'_>,
@@ -223,85 +95,160 @@ pub fn write_decision(
     let denied = d.decision == "deny";
     let (category, kind) = classify(d.op);
     let net = d.net.as_ref();
-    let destination = net.and_then(|n| {
-        Some(Destination {
-            ip: n.address?,
-            port: n.port?,
-            domain: session.hostname,
-        })
+    let mut w = JsonWriter::new(out);
+    w.raw(r#"{"@timestamp":"#);
+    w.string(stamp.timestamp);
+    w.raw(r#","ecs":{"version":""#);
+    w.raw(ECS_VERSION);
+    w.raw(if denied {
+        r#""},"event":{"kind":"alert","module":"agent_guard","dataset":"agent_guard.decision","action":"#
+    } else {
+        r#""},"event":{"kind":"event","module":"agent_guard","dataset":"agent_guard.decision","action":"#
     });
-    let event = DecisionEvent {
-        timestamp: stamp.timestamp,
-        ecs: Ecs {
-            version: ECS_VERSION,
-        },
-        event: EventMeta {
-            kind: if denied { "alert" } else { "event" },
-            module: "agent_guard",
-            dataset: "agent_guard.decision",
-            action: d.op,
-            outcome: if denied { "failure" } else { "success" },
-            sequence: stamp.sequence,
-            category: Some([category]),
-            kinds: Some([if denied { "denied" } else { "allowed" }, kind]),
-        },
-        host: Host { name: stamp.host },
-        process: Process {
-            pid: d.pid,
-            thread: Thread { id: d.tid },
-            parent: Parent { pid: d.ppid },
-            name: &d.comm,
-            executable: d.exe.as_deref(),
-        },
-        user: Id { id: d.uid },
-        group: Id { id: d.gid },
-        file: d.paths.first().map(|path| File {
-            path,
-            target_path: d.paths.get(1).map(String::as_str),
-        }),
-        destination,
-        network: net.map(|n| Network {
-            transport: n.protocol.as_deref(),
-            family: match n.family.as_str() {
-                "inet" => "ipv4",
-                "inet6" => "ipv6",
-                other => other,
-            },
-        }),
-        rule: Rule {
-            name: d.rule.name(session.rule_names),
-        },
-        error: errno_name(d.errno).map(|code| ErrorCode { code }),
-        agent_guard: DecisionFacts {
-            schema: SCHEMA_VERSION,
-            kind: "decision",
-            session: SessionId {
-                id: session_label(d.session),
-            },
-            policy: session.policy,
-            mode: session.mode,
-            decision: d.decision,
-            errno: d.errno,
-            ancestry: session.ancestry,
-            path_truncated: d.truncated,
-            socket: net
-                .filter(|n| n.socket_path.is_some() || n.socket_type.is_some())
-                .map(|n| Socket {
-                    path: n.socket_path.as_deref(),
-                    socket_type: n.socket_type.as_deref(),
-                }),
-            target: (d.target_pid != 0).then_some(Target { pid: d.target_pid }),
-            signal: (d.op == "signal").then_some(d.detail),
-            ptrace_mode: (d.op == "ptrace").then_some(d.detail),
-            bpf_command: (d.op == "bpf").then_some(d.detail),
-            kernel_object: if d.op == "kernel-load" {
-                kernel_object_name(d.detail)
-            } else {
-                None
-            },
-        },
-    };
-    serde_json::to_writer(out, &event)
+    w.string(d.op);
+    w.raw(if denied {
+        r#","outcome":"failure","sequence":"#
+    } else {
+        r#","outcome":"success","sequence":"#
+    });
+    w.number(stamp.sequence);
+    w.raw(r#","category":["#);
+    w.string(category);
+    w.raw(if denied {
+        r#"],"type":["denied","#
+    } else {
+        r#"],"type":["allowed","#
+    });
+    w.string(kind);
+    w.raw(r#"]},"host":{"name":"#);
+    w.string(stamp.host);
+    w.raw(r#"},"process":{"pid":"#);
+    w.number(d.pid.into());
+    w.raw(r#","thread":{"id":"#);
+    w.number(d.tid.into());
+    w.raw(r#"},"parent":{"pid":"#);
+    w.number(d.ppid.into());
+    w.raw(r#"},"name":"#);
+    w.string(&d.comm);
+    if let Some(exe) = &d.exe {
+        w.raw(r#","executable":"#);
+        w.string(exe);
+    }
+    w.raw(r#"},"user":{"id":"#);
+    w.number_as_string(d.uid.into());
+    w.raw(r#"},"group":{"id":"#);
+    w.number_as_string(d.gid.into());
+    w.raw("}");
+    if let Some(path) = d.paths.first() {
+        w.raw(r#","file":{"path":"#);
+        w.string(path);
+        if let Some(target) = d.paths.get(1) {
+            w.raw(r#","target_path":"#);
+            w.string(target);
+        }
+        w.raw("}");
+    }
+    if let Some((ip, port)) = net.and_then(|n| Some((n.address?, n.port?))) {
+        w.raw(r#","destination":{"ip":"#);
+        w.display(ip);
+        w.raw(r#","port":"#);
+        w.number(port.into());
+        if let Some(domain) = session.hostname {
+            w.raw(r#","domain":"#);
+            w.string(domain);
+        }
+        w.raw("}");
+    }
+    if let Some(n) = net {
+        w.raw(r#","network":{"#);
+        if let Some(transport) = &n.protocol {
+            w.raw(r#""transport":"#);
+            w.string(transport);
+            w.raw(",");
+        }
+        w.raw(r#""type":"#);
+        w.string(match n.family.as_str() {
+            "inet" => "ipv4",
+            "inet6" => "ipv6",
+            other => other,
+        });
+        w.raw("}");
+    }
+    w.raw(r#","rule":{"name":"#);
+    w.string(d.rule.name(session.rule_names));
+    w.raw("}");
+    if let Some(code) = errno_name(d.errno) {
+        w.raw(r#","error":{"code":"#);
+        w.string(code);
+        w.raw("}");
+    }
+    w.raw(r#","agent_guard":{"schema":"#);
+    w.number(SCHEMA_VERSION.into());
+    w.raw(r#","kind":"decision","session":{"id":"#);
+    w.hex8(d.session);
+    w.raw(r#"},"policy":"#);
+    w.string(session.policy);
+    w.raw(r#","mode":"#);
+    w.string(session.mode);
+    w.raw(r#","decision":"#);
+    w.string(d.decision);
+    w.raw(r#","errno":"#);
+    w.number(d.errno.into());
+    w.raw(r#","ancestry":["#);
+    for (i, a) in session.ancestry.iter().enumerate() {
+        w.raw(if i == 0 { r#"{"pid":"# } else { r#",{"pid":"# });
+        w.number(a.pid.into());
+        w.raw(r#","name":"#);
+        w.string(&a.name);
+        w.raw("}");
+    }
+    w.raw("]");
+    if d.truncated {
+        w.raw(r#","path_truncated":true"#);
+    }
+    if let Some(n) = net.filter(|n| n.socket_path.is_some() || n.socket_type.is_some()) {
+        w.raw(r#","socket":{"#);
+        if let Some(path) = &n.socket_path {
+            w.raw(r#""path":"#);
+            w.string(path);
+            if n.socket_type.is_some() {
+                w.raw(",");
+            }
+        }
+        if let Some(ty) = &n.socket_type {
+            w.raw(r#""type":"#);
+            w.string(ty);
+        }
+        w.raw("}");
+    }
+    if d.target_pid != 0 {
+        w.raw(r#","target":{"pid":"#);
+        w.number(d.target_pid.into());
+        w.raw("}");
+    }
+    match d.op {
+        "signal" => {
+            w.raw(r#","signal":"#);
+            w.number(d.detail.into());
+        }
+        "ptrace" => {
+            w.raw(r#","ptrace_mode":"#);
+            w.number(d.detail.into());
+        }
+        "bpf" => {
+            w.raw(r#","bpf_command":"#);
+            w.number(d.detail.into());
+        }
+        "kernel-load" => {
+            if let Some(object) = kernel_object_name(d.detail) {
+                w.raw(r#","kernel_object":"#);
+                w.string(object);
+            }
+        }
+        _ => {}
+    }
+    w.raw("}}");
+    Ok(())
 }
 
 /// A report about the reporting (a session's start or end, lost events, a reload, a sink
@@ -618,6 +565,42 @@ mod tests {
         assert_eq!(v["network"]["transport"], "tcp");
         assert_eq!(v["network"]["type"], "ipv4");
         assert!(v.get("file").is_none());
+    }
+
+    #[test]
+    fn every_optional_member_keeps_the_line_valid_json() {
+        let mut d = decision();
+        d.op = "connect";
+        d.paths.clear();
+        d.truncated = true;
+        d.exe = None;
+        d.net = Some(NetDetails {
+            family: "unix".into(),
+            protocol: None,
+            socket_type: Some("stream".into()),
+            address: None,
+            port: None,
+            socket_path: Some("/run/\"odd\"\n.sock".into()),
+        });
+        let v = render(&d, None);
+        assert_eq!(v["agent_guard"]["socket"]["path"], "/run/\"odd\"\n.sock");
+        assert_eq!(v["agent_guard"]["socket"]["type"], "stream");
+        assert_eq!(v["network"]["type"], "unix");
+        assert_eq!(v["agent_guard"]["path_truncated"], true);
+        assert!(v["process"].get("executable").is_none());
+        let mut d = decision();
+        d.op = "signal";
+        d.paths.clear();
+        d.target_pid = 77;
+        d.detail = 9;
+        d.decision = "audit";
+        d.errno = 0;
+        let v = render(&d, None);
+        assert_eq!(v["agent_guard"]["signal"], 9);
+        assert_eq!(v["agent_guard"]["target"]["pid"], 77);
+        assert_eq!(v["event"]["outcome"], "success");
+        assert_eq!(v["event"]["type"], serde_json::json!(["allowed", "access"]));
+        assert!(v.get("error").is_none());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! are kept in.
 pub mod ancestry;
 pub mod ecs;
+pub mod json;
 pub mod reporter;
 pub mod rotating_file;
 

@@ -32,7 +32,7 @@ fn open_to_nobody(fx: &Fixture) {
 /// returns its session id.
 fn denials(daemon: &Daemon, fx: &Fixture, count: u32) -> String {
     let script = format!(
-        "for i in $(seq {count}); do {PROBE} unlink {} >/dev/null; done",
+        "for i in $(seq {count}); do {PROBE} unlink {} >/dev/null; done; exit 0",
         fx.s("prod/keep")
     );
     let out = daemon
@@ -331,8 +331,20 @@ path = "{copy}"
         !dropped_by("hung-siem").is_empty(),
         "a spool of 256 KiB cannot hold the flood: its overflow is reported"
     );
+    // The end-to-end rate: decisions the kernel took, as the audit log timed them.
+    let times: Vec<std::time::SystemTime> = events
+        .iter()
+        .filter(|e| e["agent_guard"]["kind"] == "decision")
+        .filter_map(|e| crate::events::parse_rfc3339(e["@timestamp"].as_str()?))
+        .collect();
+    let span = match (times.first(), times.last()) {
+        (Some(first), Some(last)) => last.duration_since(*first).unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
     eprintln!(
-        "flood via the daemon: {FLOOD} refusals, {decisions} events, {lost} lost, file sink {} copied, {} reported dropped; peak RSS {} MiB",
+        "flood via the daemon: {FLOOD} refusals in {:.2} s of guest time ({:.0} decisions/s end to end), {decisions} events, {lost} lost, file sink {} copied, {} reported dropped; peak RSS {} MiB",
+        span.as_secs_f64(),
+        decisions as f64 / span.as_secs_f64().max(1e-9),
         copied.len(),
         copy_dropped.len(),
         peak_kib / 1024
