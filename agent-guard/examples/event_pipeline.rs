@@ -121,6 +121,50 @@ fn synthetic_records() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Lines gathered and written 256 at a time, as the daemon writes what one drain of the
+/// ring buffer sealed.
+struct Batches {
+    file: RotatingFile,
+    batch: Vec<u8>,
+    lines: u32,
+}
+
+impl Batches {
+    fn create(path: &std::path::Path) -> Self {
+        let _ = std::fs::remove_file(path);
+        let rotation = Rotation {
+            max_bytes: 0,
+            keep: 0,
+        };
+        Self {
+            file: RotatingFile::open(path, rotation).expect("open a log"),
+            batch: Vec::with_capacity(512 * 1024),
+            lines: 0,
+        }
+    }
+
+    /// The buffer the next line goes into; call `line_done` after it.
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.batch
+    }
+
+    fn line_done(&mut self) {
+        self.batch.push(b'\n');
+        self.lines += 1;
+        if self.lines == 256 {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            self.file.append_terminated(&self.batch).expect("written");
+        }
+        self.batch.clear();
+        self.lines = 0;
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().expect("usage: event_pipeline DIR EVENTS"));
@@ -146,16 +190,38 @@ fn main() {
         hostnames: &hostnames,
     };
 
+    // 0. The baseline: the lines the pipeline writes, already rendered, written the same
+    //    way. Each stage's file is removed right after it, so that no stage waits on the
+    //    write-back of another's.
+    let lines: Vec<String> = {
+        let mut warm = Reporter::new(Journal::in_memory(), Clock::sample());
+        (0..records.len() * 4)
+            .map(|n| {
+                let d = Decision::decode(&records[n % records.len()]).expect("a valid record");
+                warm.decision(&d, &view).expect("sealed").text.to_string()
+            })
+            .collect()
+    };
+    let copy = dir.join("baseline.jsonl");
+    let mut out = Batches::create(&copy);
+    let started = Instant::now();
+    for n in 0..events {
+        out.buffer()
+            .extend_from_slice(lines[(n % lines.len() as u64) as usize].as_bytes());
+        out.line_done();
+    }
+    out.flush();
+    let baseline = started.elapsed();
+    let _ = std::fs::remove_file(&copy);
+
     // 1. Decode, enrich, write JSONL: the lines without the audit chain, written as the
     //    journal writes them (a batch per drain).
     let plain = dir.join("plain.jsonl");
-    let _ = std::fs::remove_file(&plain);
-    let mut file = RotatingFile::open(&plain, rotation).expect("open the plain log");
+    let mut out = Batches::create(&plain);
     let clock = Clock::sample();
     let host = agent_guard::report::ecs::host_name();
     let mut ancestry = Ancestry::default();
     let mut ancestors = Vec::new();
-    let mut batch = Vec::with_capacity(512 * 1024);
     let started = Instant::now();
     for n in 0..events {
         let raw = &records[(n % records.len() as u64) as usize];
@@ -177,16 +243,10 @@ fn main() {
             hostname: None,
             ancestry: &ancestors,
         };
-        write_decision(&mut batch, stamp, &d, facts).expect("serialized");
-        batch.push(b'\n');
-        if n % 256 == 255 {
-            file.append_terminated(&batch).expect("written");
-            batch.clear();
-        }
+        write_decision(out.buffer(), stamp, &d, facts).expect("serialized");
+        out.line_done();
     }
-    if !batch.is_empty() {
-        file.append_terminated(&batch).expect("written");
-    }
+    out.flush();
     let unchained = started.elapsed();
     let _ = std::fs::remove_file(&plain);
 
@@ -217,31 +277,8 @@ fn main() {
     reporter.flush().expect("flushed");
     let pipeline = started.elapsed();
     let bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&log);
 
-    // The baseline: the same lines, already rendered, written the same way.
-    let lines: Vec<String> = std::fs::read_to_string(&log)
-        .expect("read the log back")
-        .lines()
-        .take(records.len() * 4)
-        .map(str::to_owned)
-        .collect();
-    let copy = dir.join("baseline.jsonl");
-    let _ = std::fs::remove_file(&copy);
-    let mut file = RotatingFile::open(&copy, rotation).expect("open the baseline log");
-    let mut batch = Vec::with_capacity(512 * 1024);
-    let started = Instant::now();
-    for n in 0..events {
-        batch.extend_from_slice(lines[(n % lines.len() as u64) as usize].as_bytes());
-        batch.push(b'\n');
-        if n % 256 == 255 {
-            file.append_terminated(&batch).expect("written");
-            batch.clear();
-        }
-    }
-    if !batch.is_empty() {
-        file.append_terminated(&batch).expect("written");
-    }
-    let baseline = started.elapsed();
     let rate = |d: Duration| events as f64 / d.as_secs_f64();
     println!(
         "{}",
@@ -258,6 +295,4 @@ fn main() {
             "bytes_per_event": bytes as f64 / events as f64,
         })
     );
-    let _ = std::fs::remove_file(&log);
-    let _ = std::fs::remove_file(&copy);
 }

@@ -1,6 +1,6 @@
 //! Events: decoding what the kernel side reports, and where their lines go. Their JSON
 //! form is in `report::ecs`.
-use std::{fs::OpenOptions, io, os::unix::fs::OpenOptionsExt as _, path::PathBuf};
+use std::{io, path::PathBuf};
 
 use std::net::IpAddr;
 
@@ -504,13 +504,7 @@ impl Destination {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
-                Box::new(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .mode(0o600)
-                        .open(path)?,
-                )
+                Box::new(crate::report::rotating_file::open_append(path)?)
             }
         })
     }

@@ -6,27 +6,15 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-use crate::build::{cargo, workspace_root};
+use crate::build::workspace_root;
 
 /// Records fed through the pipeline; about a second of work at the target rate.
 const EVENTS: u64 = 1_000_000;
 /// The target for decode, enrich and write, in events per second on one core.
 const TARGET: f64 = 1_000_000.0;
 
+/// Runs the example `build_release` built.
 pub fn bench_pipeline() -> anyhow::Result<()> {
-    let status = cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "agent-guard",
-            "--example",
-            "event_pipeline",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("building the event_pipeline example failed");
-    }
     let root = workspace_root();
     let dir = root.join("target/xtask-pipeline");
     // One core: the pipeline is one thread in the daemon too; taskset keeps the kernel's

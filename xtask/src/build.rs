@@ -46,6 +46,8 @@ pub fn build_release() -> anyhow::Result<()> {
             "agent-guard",
             "--bin",
             "ag-bench",
+            "--example",
+            "event_pipeline",
         ])
         .status()
         .context("running cargo build --release")?;

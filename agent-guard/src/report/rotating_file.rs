@@ -92,7 +92,8 @@ impl RotatingFile {
     }
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
+/// Opens `path` for appending, creating it readable and writable by its owner only.
+pub fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)

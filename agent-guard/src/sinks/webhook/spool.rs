@@ -26,7 +26,10 @@ use std::{
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::{report::Line, sinks::stats::Stats};
+use crate::{
+    report::{rotating_file::open_append, Line},
+    sinks::stats::Stats,
+};
 
 /// How often the appending side fsyncs the segment it writes, at most.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -506,14 +509,6 @@ fn write_cursor(dir: &Path, cursor: Position) -> io::Result<()> {
     writeln!(file, "{} {}", cursor.segment, cursor.offset)?;
     file.sync_data()?;
     fs::rename(temporary, dir.join("cursor"))
-}
-
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
 }
 
 fn open_rw(path: &Path) -> io::Result<File> {
