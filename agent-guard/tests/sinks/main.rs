@@ -195,9 +195,12 @@ mod isolation {
         // One line is being retried, ten are queued: the rest is dropped.
         assert!((89..=90).contains(&overflow.dropped), "{overflow:?}");
         assert_eq!(overflow.last_sequence, 100);
-        assert_eq!(
-            overflow.last_sequence - overflow.first_sequence + 1,
-            overflow.dropped
+        // The range holds every dropped line; when the sink took its first line only in
+        // the middle of the submits, the one line that then found room sits inside it.
+        let span = overflow.last_sequence - overflow.first_sequence + 1;
+        assert!(
+            (overflow.dropped..=overflow.dropped + 1).contains(&span),
+            "{overflow:?}"
         );
         assert!(set.take_overflows().is_empty());
         wait_for("the failure to show", Duration::from_secs(10), || {
