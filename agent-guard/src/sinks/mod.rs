@@ -40,7 +40,9 @@ use stats::Stats;
 pub struct Overflow {
     pub sink: String,
     pub dropped: u64,
-    /// The range the dropped lines fell in (not every line in it need be dropped).
+    /// The run of sequence numbers dropped: every one of them when `dropped` equals the
+    /// span (always, unless the sink dropped lines in more than 16 separate runs between
+    /// two reports, or a spool segment went while part of it was being sent).
     pub first_sequence: u64,
     pub last_sequence: u64,
 }
@@ -172,13 +174,12 @@ impl SinkSet {
     pub fn take_overflows(&self) -> Vec<Overflow> {
         self.sinks
             .iter()
-            .filter_map(|sink| {
-                let range = sink.stats.take_overflow()?;
-                Some(Overflow {
+            .flat_map(|sink| {
+                sink.stats.take_overflow().into_iter().map(|run| Overflow {
                     sink: sink.name.clone(),
-                    dropped: range.dropped,
-                    first_sequence: range.first,
-                    last_sequence: range.last,
+                    dropped: run.dropped,
+                    first_sequence: run.first,
+                    last_sequence: run.last,
                 })
             })
             .collect()

@@ -1,17 +1,22 @@
 //! The counters one sink's threads share with [`super::SinkSet`]: what it delivered, what
-//! it dropped and in which sequence range, what it holds, its latest failure.
+//! it dropped and which sequence numbers, what it holds, its latest failure.
 use std::sync::{
     atomic::{AtomicU64, Ordering},
     Mutex,
 };
 
-/// Lines dropped since the overflow was last taken.
+/// A run of lines dropped since the overflow was last taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dropped {
     pub dropped: u64,
     pub first: u64,
     pub last: u64,
 }
+
+/// Runs of dropped lines kept apart between two reports; past this, a new run is merged
+/// into the last, whose range then holds delivered lines too (its count stays exact). A
+/// sink that drops every other line must not turn each into a report of its own.
+const MAX_RUNS: usize = 16;
 
 #[derive(Default)]
 pub struct Stats {
@@ -24,7 +29,7 @@ pub struct Stats {
     /// Lines a sink's thread took off the queue and is still trying to deliver.
     in_hand: AtomicU64,
     spool_bytes: AtomicU64,
-    overflow: Mutex<Option<Dropped>>,
+    overflow: Mutex<Vec<Dropped>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -70,23 +75,33 @@ impl Stats {
             return;
         }
         self.dropped.fetch_add(count, Ordering::Relaxed);
-        let mut overflow = lock(&self.overflow);
-        *overflow = Some(match *overflow {
-            None => Dropped {
+        let mut runs = lock(&self.overflow);
+        let whole = count == last - first + 1;
+        let full = runs_full(runs.len());
+        match runs.last_mut() {
+            // The next numbers after the last run, every one dropped: the run goes on.
+            Some(run)
+                if whole && run.dropped == run.last - run.first + 1 && run.last + 1 == first =>
+            {
+                run.dropped += count;
+                run.last = last;
+            }
+            Some(run) if full => {
+                run.dropped += count;
+                run.first = run.first.min(first);
+                run.last = run.last.max(last);
+            }
+            _ => runs.push(Dropped {
                 dropped: count,
                 first,
                 last,
-            },
-            Some(o) => Dropped {
-                dropped: o.dropped + count,
-                first: o.first.min(first),
-                last: o.last.max(last),
-            },
-        });
+            }),
+        }
     }
 
-    pub fn take_overflow(&self) -> Option<Dropped> {
-        lock(&self.overflow).take()
+    /// The runs of lines dropped since the last call, oldest first.
+    pub fn take_overflow(&self) -> Vec<Dropped> {
+        std::mem::take(&mut *lock(&self.overflow))
     }
 
     pub fn set_error(&self, error: String) {
@@ -113,6 +128,53 @@ impl Stats {
 
 /// A counter's lock cannot be poisoned in a way that matters: every update is one
 /// assignment.
+fn runs_full(runs: usize) -> bool {
+    runs >= MAX_RUNS
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_drops_make_one_run_and_a_gap_starts_another() {
+        let stats = Stats::default();
+        for n in [3, 4, 5, 9, 10] {
+            stats.add_dropped(1, n, n);
+        }
+        stats.add_dropped(10, 11, 20);
+        assert_eq!(
+            stats.take_overflow(),
+            [
+                Dropped {
+                    dropped: 3,
+                    first: 3,
+                    last: 5
+                },
+                Dropped {
+                    dropped: 12,
+                    first: 9,
+                    last: 20
+                },
+            ]
+        );
+        assert!(stats.take_overflow().is_empty());
+        assert_eq!(stats.dropped(), 15);
+    }
+
+    #[test]
+    fn past_the_run_limit_the_last_run_widens_and_keeps_its_count() {
+        let stats = Stats::default();
+        for n in 0..40 {
+            stats.add_dropped(1, 2 * n + 1, 2 * n + 1);
+        }
+        let runs = stats.take_overflow();
+        assert_eq!(runs.len(), MAX_RUNS);
+        assert_eq!(runs.iter().map(|r| r.dropped).sum::<u64>(), 40);
+        assert_eq!(runs.last().unwrap().last, 79);
+    }
 }

@@ -189,25 +189,27 @@ mod isolation {
             set.submit(&event(n));
         }
         let overflows = set.take_overflows();
-        assert_eq!(overflows.len(), 1, "{overflows:?}");
-        let overflow = &overflows[0];
-        assert_eq!(overflow.sink, "syslog");
+        // One run, or two when the sink took its first line only in the middle of the
+        // submits and one line found the room it left.
+        assert!((1..=2).contains(&overflows.len()), "{overflows:?}");
+        assert!(overflows.iter().all(|o| o.sink == "syslog"));
+        let dropped: u64 = overflows.iter().map(|o| o.dropped).sum();
         // One line is being retried, ten are queued: the rest is dropped.
-        assert!((89..=90).contains(&overflow.dropped), "{overflow:?}");
-        assert_eq!(overflow.last_sequence, 100);
-        // The range holds every dropped line; when the sink took its first line only in
-        // the middle of the submits, the one line that then found room sits inside it.
-        let span = overflow.last_sequence - overflow.first_sequence + 1;
-        assert!(
-            (overflow.dropped..=overflow.dropped + 1).contains(&span),
-            "{overflow:?}"
-        );
+        assert!((89..=90).contains(&dropped), "{overflows:?}");
+        assert_eq!(overflows.last().unwrap().last_sequence, 100);
+        for o in &overflows {
+            assert_eq!(
+                o.last_sequence - o.first_sequence + 1,
+                o.dropped,
+                "each run names exactly the lines dropped: {overflows:?}"
+            );
+        }
         assert!(set.take_overflows().is_empty());
         wait_for("the failure to show", Duration::from_secs(10), || {
             health_of(&set, "syslog").last_error.is_some()
         });
         let health = health_of(&set, "syslog");
-        assert_eq!(health.dropped, overflow.dropped);
+        assert_eq!(health.dropped, dropped);
         // The line in hand and the full queue.
         assert_eq!(health.dropped + health.backlog, 100, "{health:?}");
     }

@@ -617,7 +617,10 @@ mod tests {
         for n in 1..=100 {
             spool.append(&[line(n)]);
         }
-        let dropped = stats.take_overflow().unwrap();
+        // The oldest segments, one after the other: a single run from line 1.
+        let runs = stats.take_overflow();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        let dropped = runs[0];
         assert_eq!(dropped.first, 1);
         let batch = spool
             .next_batch(1000, Duration::ZERO, &never())
