@@ -386,11 +386,6 @@ impl Clock {
         }
     }
 
-    /// RFC 3339 UTC time of a monotonic timestamp.
-    pub fn rfc3339(&self, ktime_ns: u64) -> String {
-        rfc3339(self.unix_ns(ktime_ns))
-    }
-
     /// Unix-epoch nanoseconds of a monotonic timestamp.
     pub fn unix_ns(&self, ktime_ns: u64) -> i128 {
         ktime_ns as i128 + self.offset_ns

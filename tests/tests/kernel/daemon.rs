@@ -4,18 +4,12 @@
 use std::{fs, os::unix::fs::PermissionsExt as _, process::Stdio, time::Duration};
 
 use crate::{
-    daemonfix::{Daemon, NOBODY},
+    daemonfix::{open_to_nobody, Daemon, NOBODY},
     fixture::{Fixture, PRECIOUS, PROBE},
 };
 
 /// How long a session may take in the emulated VM.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Lets uid 65534 into the fixture and write its workspace.
-fn open_to_nobody(fx: &Fixture) {
-    fs::set_permissions(&fx.root, fs::Permissions::from_mode(0o755)).unwrap();
-    fs::set_permissions(&fx.ws, fs::Permissions::from_mode(0o777)).unwrap();
-}
 
 /// The number in `path`, 0 while it does not exist yet.
 fn progress(path: &std::path::Path) -> u32 {

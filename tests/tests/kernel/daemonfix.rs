@@ -33,6 +33,13 @@ pub struct Daemon {
     starts: u32,
 }
 
+/// Lets uid 65534 into the fixture and write its workspace.
+pub fn open_to_nobody(fx: &Fixture) {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&fx.root, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&fx.ws, fs::Permissions::from_mode(0o777)).unwrap();
+}
+
 /// The id of group `agent-guard`, created when the host lacks it.
 pub fn group_id() -> u32 {
     let find = || {

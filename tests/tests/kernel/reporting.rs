@@ -8,25 +8,18 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::TcpStream,
-    os::unix::fs::PermissionsExt as _,
     time::Duration,
 };
 
 use serde_json::Value;
 
 use crate::{
-    daemonfix::Daemon,
+    daemonfix::{open_to_nobody, Daemon},
     fixture::{wait_until, Fixture, PRECIOUS, PROBE},
     receivers::{sequence_of, Blackhole, Rsyslog, Webhook},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Lets uid 65534 into the fixture and write its workspace.
-fn open_to_nobody(fx: &Fixture) {
-    fs::set_permissions(&fx.root, fs::Permissions::from_mode(0o755)).unwrap();
-    fs::set_permissions(&fx.ws, fs::Permissions::from_mode(0o777)).unwrap();
-}
 
 /// Runs a session through the daemon in which `count` unlinks of prod/keep are refused;
 /// returns its session id.
