@@ -22,6 +22,7 @@ use crate::{
     report::{apply, apply_finding, audit_mode, decide, deny_at, Finding, Location},
     scope::{check, pattern_trees, session_config, Checked},
     session::{current_session, enter},
+    tally::{Tally, UNTALLIED},
 };
 
 /// `FMODE_READ` and `FMODE_WRITE` in `file::f_mode`.
@@ -67,16 +68,6 @@ const ALLOWED: Checked = Checked {
     action: ACTION_ALLOW,
     rule: 0,
 };
-
-/// The stronger of two answers (deny over audit over allow); the first on a tie.
-#[inline(always)]
-fn stronger(a: Checked, b: Checked) -> Checked {
-    if b.action > a.action {
-        b
-    } else {
-        a
-    }
-}
 
 /// A name appearing in, or leaving, the directory at the `struct path` pointer `dir`,
 /// decided on the dentry itself, so that its directory's rules, its own name (a pattern),
@@ -195,36 +186,42 @@ fn try_path_rename(ctx: &LsmContext, session: u32) -> Result<(), (Checked, Findi
         ));
     };
     let exchange = flags & RENAME_EXCHANGE != 0;
+    let Some(tally) = Tally::start() else {
+        return Err(finding(UNTALLIED, old_mnt, new_mnt));
+    };
     // Both names change: the source leaves, the destination is created or replaced.
-    let mut verdict = stronger(
-        check(session, ACCESS_MODIFY, old_mnt, old_dentry, true),
-        check(session, ACCESS_MODIFY, new_mnt, new_dentry, true),
-    );
+    tally.add(check(session, ACCESS_MODIFY, old_mnt, old_dentry, true));
+    tally.add(check(session, ACCESS_MODIFY, new_mnt, new_dentry, true));
     let config = session_config(session);
     // A read-denied object keeps its protection only under its name: it may not get a new
     // one (for an exchange, both objects get one).
-    if config.reads != 0 && verdict.action != ACTION_DENY {
-        verdict = stronger(verdict, read_guard(session, old_mnt, old_dentry));
+    if config.reads != 0 && !tally.denied() {
+        tally.add(read_guard(session, old_mnt, old_dentry));
         if exchange {
-            verdict = stronger(verdict, read_guard(session, new_mnt, new_dentry));
+            tally.add(read_guard(session, new_mnt, new_dentry));
         }
     }
     // A directory moved out of a name pattern's tree would take the files the pattern
     // guards inside it along, out of the pattern's reach.
-    if config.patterns != 0 && verdict.action != ACTION_DENY {
+    if config.patterns != 0 && !tally.denied() {
         if is_directory(old_dentry) {
-            verdict = stronger(
-                verdict,
-                leaving_trees(session, (old_mnt, old_parent), (new_mnt, new_parent)),
+            leaving_trees(
+                &tally,
+                session,
+                (old_mnt, old_parent),
+                (new_mnt, new_parent),
             );
         }
         if exchange && is_directory(new_dentry) {
-            verdict = stronger(
-                verdict,
-                leaving_trees(session, (new_mnt, new_parent), (old_mnt, old_parent)),
+            leaving_trees(
+                &tally,
+                session,
+                (new_mnt, new_parent),
+                (old_mnt, old_parent),
             );
         }
     }
+    let verdict = tally.get();
     if verdict.action == ACTION_ALLOW {
         Ok(())
     } else {
@@ -260,48 +257,36 @@ fn is_directory(dentry: u64) -> bool {
     }
 }
 
-/// The verdict on moving a directory from `from` to `to` (each a mount and a parent
-/// dentry): a deny or audit name pattern whose tree holds `from` but not `to` applies.
+/// Adds the verdict on moving a directory from `from` to `to` (each a mount and a parent
+/// dentry) to `tally`: a deny or audit name pattern whose tree holds `from` but not `to`
+/// applies.
 #[inline(always)]
-fn leaving_trees(session: u32, from: (u64, u64), to: (u64, u64)) -> Checked {
+fn leaving_trees(tally: &Tally, session: u32, from: (u64, u64), to: (u64, u64)) {
     let (src, dst) = match (
         pattern_trees(session, from.0, from.1),
         pattern_trees(session, to.0, to.1),
     ) {
         (Ok(src), Ok(dst)) => (src, dst),
-        (Err(rule), _) | (_, Err(rule)) => {
-            return Checked {
-                action: ACTION_DENY,
-                rule,
-            }
-        }
+        (Err(rule), _) | (_, Err(rule)) => return tally.deny(rule),
     };
     let left = src & !dst;
-    let mut verdict = ALLOWED;
     if left == 0 {
-        return verdict;
+        return;
     }
     let Some(set) = PATTERNS.get_ptr(&session) else {
         // Trees were found, so the patterns exist: their absence is an inconsistency.
-        return Checked {
-            action: ACTION_DENY,
-            rule: RULE_UNRESOLVED,
-        };
+        return tally.deny(RULE_UNRESOLVED);
     };
     for i in 0..MAX_NAME_PATTERNS {
         // SAFETY: a map value, read in place (it is far larger than the BPF stack).
         let pattern = unsafe { &*set.cast::<NamePattern>().add(i) };
         if left & (1 << i) != 0 && pattern.verdict.action > ACTION_ALLOW {
-            verdict = stronger(
-                verdict,
-                Checked {
-                    action: pattern.verdict.action,
-                    rule: RULE_POLICY_BASE + pattern.verdict.rule as u32,
-                },
-            );
+            tally.add(Checked {
+                action: pattern.verdict.action,
+                rule: RULE_POLICY_BASE + pattern.verdict.rule as u32,
+            });
         }
     }
-    verdict
 }
 
 /// `path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry
@@ -332,13 +317,17 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     // The existing file must be modifiable (else it becomes writable through the scope),
     // the new name must be creatable (else the link plants a file outside), and a
     // read-denied file may not get a name its rule does not cover.
-    let mut verdict = stronger(
-        check(session, ACCESS_MODIFY, mnt, old_dentry, false),
-        check(session, ACCESS_MODIFY, mnt, new_dentry, false),
-    );
-    if verdict.action != ACTION_DENY && session_config(session).reads != 0 {
-        verdict = stronger(verdict, read_guard(session, mnt, old_dentry));
-    }
+    let verdict = match Tally::start() {
+        Some(tally) => {
+            tally.add(check(session, ACCESS_MODIFY, mnt, old_dentry, false));
+            tally.add(check(session, ACCESS_MODIFY, mnt, new_dentry, false));
+            if !tally.denied() && session_config(session).reads != 0 {
+                tally.add(read_guard(session, mnt, old_dentry));
+            }
+            tally.get()
+        }
+        None => UNTALLIED,
+    };
     let mut finding = Finding::at(
         OP_LINK,
         verdict.rule,

@@ -35,6 +35,8 @@ mod report;
 mod scope;
 #[cfg(target_arch = "bpf")]
 mod session;
+#[cfg(target_arch = "bpf")]
+mod tally;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

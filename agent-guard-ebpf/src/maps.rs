@@ -90,6 +90,10 @@ pub static WALK: PerCpuArray<crate::scope::WalkState> = PerCpuArray::with_max_en
 #[map]
 pub static NAME: PerCpuArray<crate::scope::NameBuf> = PerCpuArray::with_max_entries(1, 0);
 
+/// The verdict of a hook that decides on several objects (see `tally::Tally`).
+#[map]
+pub static TALLY: PerCpuArray<crate::scope::Checked> = PerCpuArray::with_max_entries(1, 0);
+
 /// State of the path rendering loop (see `scope::render`).
 #[map]
 pub static RENDER: PerCpuArray<crate::scope::RenderState> = PerCpuArray::with_max_entries(1, 0);

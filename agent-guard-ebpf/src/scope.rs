@@ -27,6 +27,7 @@ use crate::{
 /// What the policy says about one access to one object: an action (`ACTION_ALLOW`,
 /// `ACTION_AUDIT` or `ACTION_DENY`) and the rule code events carry.
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub struct Checked {
     pub action: u16,
     pub rule: u32,
