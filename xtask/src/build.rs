@@ -65,11 +65,41 @@ pub fn agent_guard_bin() -> PathBuf {
     workspace_root().join("target/debug/agent-guard")
 }
 
-/// Builds an integration-test target without running it and returns its executable.
-pub fn test_executable(package: &str, test: &str) -> anyhow::Result<PathBuf> {
+/// The profile the kernel tiers build with (see `[profile.vm]` in Cargo.toml): optimized,
+/// because the guests emulate every instruction, with debug assertions and overflow checks.
+pub const VM_PROFILE: &str = "vm";
+
+/// Builds `agent-guard` in the kernel tiers' profile and returns its path.
+pub fn vm_agent_guard() -> anyhow::Result<PathBuf> {
+    let status = cargo()
+        .args([
+            "build",
+            "--profile",
+            VM_PROFILE,
+            "-p",
+            "agent-guard",
+            "--bin",
+            "agent-guard",
+        ])
+        .status()
+        .context("running cargo build --profile vm")?;
+    if !status.success() {
+        bail!("cargo build --profile {VM_PROFILE} failed");
+    }
+    Ok(workspace_root()
+        .join("target")
+        .join(VM_PROFILE)
+        .join("agent-guard"))
+}
+
+/// Builds an integration-test target in `profile` without running it and returns its
+/// executable.
+pub fn test_executable(package: &str, test: &str, profile: &str) -> anyhow::Result<PathBuf> {
     let out = cargo()
         .args([
             "test",
+            "--profile",
+            profile,
             "-p",
             package,
             "--test",

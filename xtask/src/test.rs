@@ -7,13 +7,19 @@
 //! 4. refusal tier: a kernel booted without BPF LSM, where `run` must refuse to start;
 //!    the three VMs run side by side.
 //!
-//! A tier that did not run, or ran no test, fails the command.
-use std::{process::Stdio, time::Instant};
+//! A tier that did not run, or ran no test, fails the command. A guest still running when
+//! the time left is up is stopped; its tier reports the tests that finished, names the one
+//! that was running, and fails.
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use anyhow::bail;
 
 use crate::{
-    build::{agent_guard_bin, build_all, cargo, test_executable},
+    build::{build_all, cargo, test_executable, vm_agent_guard, VM_PROFILE},
     setup::{kernel_image, setup, Verbosity},
     vm::{self, NO_BPF_LSM},
 };
@@ -51,10 +57,81 @@ fn parse_results(output: &str) -> Option<Counts> {
     seen.then_some(counts)
 }
 
+/// CI stops `.ci/run` after 90 minutes. The guests get what is left of 85 once the host
+/// tier is done, so that a hung guest is stopped, and what it did finish reported, before
+/// CI's own limit cuts the summary off.
+const BUDGET: Duration = Duration::from_secs(85 * 60);
+/// The least a kernel guest is given, however late it starts.
+const MIN_GUEST_TIME: Duration = Duration::from_secs(20 * 60);
+
+/// One test as libtest reported it from a guest.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    name: String,
+    passed: bool,
+    /// From the previous test's result line (or the suite's `running N tests`) to this
+    /// one's, as the host's clock saw the lines arrive.
+    seconds: f64,
+}
+
+/// What a guest's test run printed, read line by line.
+#[derive(Debug, Default)]
+struct SuiteRun {
+    outcomes: Vec<Outcome>,
+    /// A test that was started and never reported (the guest stopped in it).
+    unfinished: Option<String>,
+}
+
+/// Reads libtest's per-test lines (`test NAME ... ok`). With one test thread, libtest
+/// prints `test NAME ... ` when a test starts and the result when it ends; output that a
+/// test's child processes write to the console can land in between, so the result may
+/// arrive on a line of its own.
+fn parse_suite(lines: &[(f64, String)]) -> SuiteRun {
+    let mut run = SuiteRun::default();
+    let mut since = None;
+    for (at, line) in lines {
+        let line = line.trim_end();
+        if line.starts_with("running ") && line.ends_with(" tests") {
+            since = Some(*at);
+            continue;
+        }
+        let (name, rest) = match line
+            .strip_prefix("test ")
+            .and_then(|l| l.split_once(" ..."))
+        {
+            Some((name, rest)) if !name.contains(' ') => (Some(name), rest.trim()),
+            _ => (None, line.trim()),
+        };
+        if let Some(name) = name {
+            run.unfinished = Some(name.to_owned());
+        }
+        let passed = match rest {
+            "ok" => true,
+            "FAILED" => false,
+            _ => continue,
+        };
+        let Some(name) = run.unfinished.take() else {
+            continue;
+        };
+        let start = since.unwrap_or(*at);
+        run.outcomes.push(Outcome {
+            name,
+            passed,
+            seconds: at - start,
+        });
+        since = Some(*at);
+    }
+    run
+}
+
 struct Tier {
     name: String,
     counts: Option<Counts>,
     seconds: f64,
+    /// Why the tier failed beyond its test counts, shown next to them.
+    note: Option<String>,
+    /// The slowest tests, slowest first.
+    slowest: Vec<Outcome>,
 }
 
 pub fn test() -> anyhow::Result<()> {
@@ -85,26 +162,32 @@ pub fn test() -> anyhow::Result<()> {
         name: "host (unit + integration)".into(),
         counts,
         seconds: t.elapsed().as_secs_f64(),
+        note: None,
+        slowest: Vec::new(),
     });
 
     // Kernel tiers and the refusal tier, side by side. Each VM's test run is one thread of
     // work (one test at a time, the kernel verifying one program at a time), so two VMs on
     // a 2-core host run at nearly full speed each: a loop timed in one guest took 13.7 s
     // alone and 14.0 and 16.2 s with two guests running.
-    let suite = test_executable("agent-guard-tests", "kernel")?;
+    let agent_guard = vm_agent_guard()?;
+    let suite = test_executable("agent-guard-tests", "kernel", VM_PROFILE)?;
+    let guest_time = BUDGET.saturating_sub(started.elapsed()).max(MIN_GUEST_TIME);
     let kernel_runs: Vec<_> = ["6.1", "6.12"]
         .into_iter()
         .map(|series| {
-            let suite = suite.clone();
-            std::thread::spawn(move || kernel_tier(series, &suite))
+            let (suite, agent_guard) = (suite.clone(), agent_guard.clone());
+            std::thread::spawn(move || kernel_tier(series, &suite, &agent_guard, guest_time))
         })
         .collect();
-    let refusal = std::thread::spawn(|| {
+    let refusal = std::thread::spawn(move || {
         let t = Instant::now();
         Tier {
             name: format!("no BPF LSM ({NO_BPF_LSM})"),
-            counts: refusal_tier(),
+            counts: refusal_tier(&agent_guard),
             seconds: t.elapsed().as_secs_f64(),
+            note: None,
+            slowest: Vec::new(),
         }
     });
     for run in kernel_runs {
@@ -129,16 +212,24 @@ pub fn test() -> anyhow::Result<()> {
         match tier.counts {
             Some(c) if c.passed > 0 => {
                 println!(
-                    "{:<44} {:>7} {:>7} {:>8.0}",
-                    tier.name, c.passed, c.failed, tier.seconds
+                    "{:<44} {:>7} {:>7} {:>8.0}  {}",
+                    tier.name,
+                    c.passed,
+                    c.failed,
+                    tier.seconds,
+                    tier.note.as_deref().unwrap_or("")
                 );
                 passed += c.passed;
                 failed += c.failed;
             }
             Some(c) => {
                 println!(
-                    "{:<44} {:>7} {:>7} {:>8.0}  RAN NO TEST",
-                    tier.name, c.passed, c.failed, tier.seconds
+                    "{:<44} {:>7} {:>7} {:>8.0}  RAN NO TEST {}",
+                    tier.name,
+                    c.passed,
+                    c.failed,
+                    tier.seconds,
+                    tier.note.as_deref().unwrap_or("")
                 );
                 failed += c.failed.max(1);
                 broken = true;
@@ -153,6 +244,12 @@ pub fn test() -> anyhow::Result<()> {
             }
         }
     }
+    for tier in tiers.iter().filter(|t| !t.slowest.is_empty()) {
+        println!("slowest in {}:", tier.name);
+        for o in &tier.slowest {
+            println!("  {:>6.0}s  {}", o.seconds, o.name);
+        }
+    }
     println!("total time {:.0}s", started.elapsed().as_secs_f64());
     println!("{passed} passed, {failed} failed");
     if failed > 0 || broken {
@@ -161,14 +258,17 @@ pub fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The kernel suite in a VM booted from Debian's `series` kernel.
-fn kernel_tier(series: &str, suite: &std::path::Path) -> Tier {
+/// The kernel suite in a VM booted from Debian's `series` kernel, stopped after
+/// `guest_time`.
+fn kernel_tier(series: &str, suite: &Path, agent_guard: &Path, guest_time: Duration) -> Tier {
     let t = Instant::now();
     let Some(kernel) = kernel_image(series) else {
         return Tier {
             name: format!("kernel {series}: no image in /boot"),
             counts: None,
             seconds: 0.0,
+            note: None,
+            slowest: Vec::new(),
         };
     };
     let name = kernel
@@ -178,49 +278,74 @@ fn kernel_tier(series: &str, suite: &std::path::Path) -> Tier {
         .replace("vmlinuz-", "kernel ");
     let script = format!(
         "set -o pipefail; cat /sys/kernel/security/lsm; echo; AGENT_GUARD_BIN={} {} --ignored --test-threads=1",
-        agent_guard_bin().display(),
+        agent_guard.display(),
         suite.display()
     );
-    // About 30 minutes per kernel on an idle machine (software emulation); the bound leaves
-    // room for a busy one within CI's 90 minutes.
-    let counts = match vm::run(&kernel, None, &script, series, 50 * 60) {
-        Ok(run) => {
-            let counts = parse_results(&run.output);
-            if !run.success {
-                counts
-                    .map(|c| Counts {
-                        failed: c.failed.max(1),
-                        ..c
-                    })
-                    .or(Some(Counts {
-                        failed: 1,
-                        ..Default::default()
-                    }))
-            } else {
-                counts
-            }
-        }
+    let run = match vm::run(
+        &kernel,
+        None,
+        &script,
+        series,
+        guest_time.as_secs().try_into().unwrap_or(u32::MAX),
+    ) {
+        Ok(run) => run,
         Err(e) => {
             eprintln!("{name}: {e:#}");
-            None
+            return Tier {
+                name,
+                counts: None,
+                seconds: t.elapsed().as_secs_f64(),
+                note: None,
+                slowest: Vec::new(),
+            };
         }
     };
+    let suite_run = parse_suite(&run.timed_lines);
+    let mut note = None;
+    // libtest's closing line is the authority; without it (the guest stopped or crashed)
+    // the per-test lines say how far the suite got.
+    let mut counts = parse_results(&run.output).unwrap_or_else(|| {
+        let passed = suite_run.outcomes.iter().filter(|o| o.passed).count() as u64;
+        Counts {
+            passed,
+            failed: suite_run.outcomes.len() as u64 - passed,
+            ignored: 0,
+        }
+    });
+    if !run.success {
+        counts.failed = counts.failed.max(1);
+        let during = suite_run
+            .unfinished
+            .as_deref()
+            .map(|test| format!(" during {test}"))
+            .unwrap_or_default();
+        note = Some(if run.timed_out {
+            format!("TIMED OUT after {}s{during}", guest_time.as_secs())
+        } else {
+            format!("guest failed{during}")
+        });
+    }
+    let mut slowest = suite_run.outcomes;
+    slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    slowest.truncate(8);
     Tier {
         name,
-        counts,
+        counts: Some(counts),
         seconds: t.elapsed().as_secs_f64(),
+        note,
+        slowest,
     }
 }
 
 /// Boots 6.12 without BPF LSM and checks that `run` refuses, says why, and never starts the
 /// command. Each check counts as one test.
-fn refusal_tier() -> Option<Counts> {
+fn refusal_tier(agent_guard: &Path) -> Option<Counts> {
     let kernel = kernel_image("6.12")?;
     let marker = "/tmp/agent-guard-refusal-marker";
     let script = format!(
         "rm -f {marker}; cd /tmp; {} run --events - -- touch {marker}; echo \"run-exit=$?\"; \
          test -e {marker} && echo command-ran || echo command-not-run",
-        agent_guard_bin().display()
+        agent_guard.display()
     );
     let run = vm::run(&kernel, Some(NO_BPF_LSM), &script, "no-bpf-lsm", 10 * 60).ok()?;
     let checks = [
@@ -261,6 +386,45 @@ mod tests {
         let c = parse_results(out).unwrap();
         assert_eq!((c.passed, c.failed, c.ignored), (4, 1, 2));
         assert!(parse_results("no tests here").is_none());
+    }
+
+    #[test]
+    fn per_test_lines_give_outcomes_times_and_the_test_left_running() {
+        let lines: Vec<(f64, String)> = [
+            (1.0, "lockdown,capability,bpf"),
+            (2.0, "running 4 tests"),
+            (12.0, "test a::first ... ok"),
+            // A child process wrote to the console while the test ran.
+            (20.0, "test a::second ... agent-guard: session 7 ended"),
+            (21.0, "ok"),
+            (30.0, "test b::third ... FAILED"),
+            (31.0, "test b::fourth ... "),
+        ]
+        .into_iter()
+        .map(|(at, l)| (at, l.to_owned()))
+        .collect();
+        let run = parse_suite(&lines);
+        assert_eq!(
+            run.outcomes,
+            vec![
+                Outcome {
+                    name: "a::first".into(),
+                    passed: true,
+                    seconds: 10.0
+                },
+                Outcome {
+                    name: "a::second".into(),
+                    passed: true,
+                    seconds: 9.0
+                },
+                Outcome {
+                    name: "b::third".into(),
+                    passed: false,
+                    seconds: 9.0
+                },
+            ]
+        );
+        assert_eq!(run.unfinished.as_deref(), Some("b::fourth"));
     }
 
     #[test]

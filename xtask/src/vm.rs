@@ -18,7 +18,12 @@ pub const NO_BPF_LSM: &str = "lsm=landlock,lockdown,yama,apparmor";
 
 pub struct VmRun {
     pub success: bool,
+    /// Exited through `timeout`: the guest was still running when its time was up.
+    pub timed_out: bool,
     pub output: String,
+    /// The guest's stdout lines, each with the seconds since the boot started at which it
+    /// arrived.
+    pub timed_lines: Vec<(f64, String)>,
 }
 
 /// Boots `kernel` and runs `script` (bash) in the guest, streaming its output with `label`
@@ -58,7 +63,9 @@ pub fn run(
         }
         text
     });
+    let started = std::time::Instant::now();
     let mut output = String::new();
+    let mut timed_lines = Vec::new();
     for line in BufReader::new(child.stdout.take().expect("piped"))
         .lines()
         .map_while(Result::ok)
@@ -66,12 +73,17 @@ pub fn run(
         println!("[{label}] {line}");
         output.push_str(&line);
         output.push('\n');
+        timed_lines.push((started.elapsed().as_secs_f64(), line));
     }
     let status = child.wait().context("waiting for vng")?;
     output.push_str(&err_thread.join().unwrap_or_default());
+    // timeout(1) exits 124 when it stopped the command, 137 when it had to SIGKILL it.
+    let timed_out = matches!(status.code(), Some(124 | 137));
     Ok(VmRun {
         success: status.success(),
+        timed_out,
         output,
+        timed_lines,
     })
 }
 
