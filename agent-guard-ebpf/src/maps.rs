@@ -92,7 +92,7 @@ pub static NAME: PerCpuArray<crate::scope::NameBuf> = PerCpuArray::with_max_entr
 
 /// The verdict of a hook that decides on several objects (see `tally::Tally`).
 #[map]
-pub static TALLY: PerCpuArray<crate::scope::Checked> = PerCpuArray::with_max_entries(1, 0);
+pub static TALLY: PerCpuArray<crate::tally::TallySlot> = PerCpuArray::with_max_entries(1, 0);
 
 /// State of the path rendering loop (see `scope::render`).
 #[map]
@@ -128,6 +128,7 @@ pub static ABSTRACT: HashMap<AbstractKey, NetVerdict> =
     HashMap::with_max_entries(MAX_ABSTRACT_ENTRIES, 0);
 
 /// Where the key of an abstract name is assembled: larger than is comfortable on the stack,
-/// and it must be zeroed past the name.
+/// and it must be zeroed past the name. The slot records its task (see `scope::Owned`).
 #[map]
-pub static ABSTRACT_SCRATCH: PerCpuArray<AbstractKey> = PerCpuArray::with_max_entries(1, 0);
+pub static ABSTRACT_SCRATCH: PerCpuArray<crate::network::AbstractSlot> =
+    PerCpuArray::with_max_entries(1, 0);

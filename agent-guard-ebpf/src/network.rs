@@ -22,10 +22,10 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{off, path_parts, read_u16, read_u32, read_u64, Unreadable},
+    kernel::{current_task, off, path_parts, read_u16, read_u32, read_u64, Unreadable},
     maps::{ABSTRACT, ABSTRACT_SCRATCH, NET_CONNECT, NET_LISTEN},
     report::{apply_finding, decide, Finding, Location, NetTarget},
-    scope::{check, session_config, Checked},
+    scope::{check, session_config, Checked, Owned},
     session::enter,
 };
 
@@ -421,13 +421,16 @@ fn abstract_verdict(session: u32, name: u64, len: u32) -> Checked {
         action: ACTION_DENY,
         rule: RULE_ABSTRACT_UNIX,
     };
-    let Some(key) = ABSTRACT_SCRATCH.get_ptr_mut(0) else {
+    let Some(slot) = ABSTRACT_SCRATCH.get_ptr_mut(0) else {
         return refused;
     };
-    // SAFETY: the per-CPU slot belongs to this program run; the copy is at most 127 bytes
-    // into a 128-byte array, and the helper reads kernel memory safely.
+    let task = current_task();
+    // SAFETY: the per-CPU slot is this program run's once it is claimed (see
+    // `scope::Owned`); the copy is at most 127 bytes into a 128-byte array, and the helper
+    // reads kernel memory safely.
     unsafe {
-        let key: &mut AbstractKey = &mut *key;
+        Owned::claim(&raw mut (*slot).owner, task);
+        let key: &mut AbstractKey = &mut (*slot).key;
         key.name = [0; agent_guard_common::ABSTRACT_NAME_BUF];
         // Bounded right before the copy, where the verifier sees it: a check made before
         // the zeroing above is lost when the length is spilled around it.
@@ -440,14 +443,28 @@ fn abstract_verdict(session: u32, name: u64, len: u32) -> Checked {
         if bpf_probe_read_kernel(key.name.as_mut_ptr().cast(), len, name as *const _) != 0 {
             return refused;
         }
-        match ABSTRACT.get(key) {
+        let checked = match ABSTRACT.get(key) {
             Some(verdict) => Checked {
                 action: verdict.action as u16,
                 rule: verdict.rule,
             },
             None => refused,
+        };
+        // Another task's program that took the slot meanwhile may have looked up its own
+        // name: refuse.
+        if Owned::still(&raw const (*slot).owner, task) {
+            checked
+        } else {
+            refused
         }
     }
+}
+
+/// Where the key of an abstract name is assembled, with the task assembling it.
+#[repr(C)]
+pub struct AbstractSlot {
+    owner: u64,
+    key: AbstractKey,
 }
 
 /// `len` when it is a valid abstract name length (1 to 107), else 0, masked to 7 bits

@@ -10,17 +10,27 @@
 //! Both walks run under `bpf_loop`: the verifier checks the loop body once instead of
 //! following every iteration of every path, which keeps the programs well inside its limits
 //! on kernels from 6.1 on.
+//!
+//! The walk's state lives in a per-CPU map slot, and a BPF LSM program can be preempted
+//! (it runs with migration, not preemption, disabled): on a kernel with `preempt=full`,
+//! another task's program on the same CPU can take the slot in the middle of a walk. Seen
+//! in a 6.1 guest, an allowed rename in a workspace was refused with the rule of another
+//! task's walk. So each walk records its task ([`Owned`]), a step never advances a walk
+//! that is not its task's, and a walk whose slot changed hands is answered with a refusal.
 use agent_guard_common::{
     conclude, NamePattern, NameWindows, ScopeKey, SessionConfig, Walk, ACCESS_MODIFY, ACTION_DENY,
     EVENT_DATA_LEN, MAX_NAME_PATTERNS, MAX_PATH_DEPTH, NAME_BUF_LEN, PATH_BUF_LEN, PATTERN_WINDOW,
     RULE_PATH_TOO_DEEP, RULE_UNRESOLVED,
 };
-use core::ffi::c_void;
+use core::{
+    ffi::c_void,
+    sync::atomic::{compiler_fence, Ordering},
+};
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str};
 
 use crate::{
-    kernel::{inode_identity, mounted_on, off, read_u64, Unreadable},
+    kernel::{current_task, inode_identity, mounted_on, off, read_u64, Unreadable},
     maps::{NAME, PATTERNS, RENDER, RULES, SCRATCH, SESSIONS, WALK},
 };
 
@@ -62,6 +72,8 @@ pub fn session_config(session: u32) -> SessionConfig {
 /// `bpf_loop` callback once (see `RenderState`).
 #[repr(C)]
 pub struct WalkState {
+    /// The task whose walk this is (see [`Owned`]).
+    owner: u64,
     session: u32,
     status: u32,
     /// Name patterns of the session, from its `SessionConfig`.
@@ -100,9 +112,12 @@ fn walk(
 ) -> Option<&'static WalkState> {
     let state = WALK.get_ptr_mut(0)?;
     let config = session_config(session);
-    // SAFETY: the per-CPU slot belongs to this program run.
+    let task = current_task();
+    // SAFETY: the per-CPU slot is this program run's once it is claimed.
     unsafe {
+        Owned::claim(&raw mut (*state).owner, task);
         *state = WalkState {
+            owner: task,
             session,
             status: WALKING,
             patterns: config.patterns,
@@ -122,6 +137,32 @@ fn walk(
     }
 }
 
+/// A per-CPU slot's owner: the address of the task whose program run is using it.
+///
+/// Claiming writes the owner before anything else; a reader takes what it needs and then
+/// checks that the owner is still itself. Another task that took the slot in between has
+/// written its own address first, so the check fails and the answer is a refusal. On a
+/// single CPU only preemption interleaves two runs, so program order is the only order to
+/// keep, and the compiler fences keep it.
+pub struct Owned;
+
+impl Owned {
+    #[inline(always)]
+    pub unsafe fn claim(owner: *mut u64, task: u64) {
+        // SAFETY: the caller passes a pointer into its per-CPU slot.
+        unsafe { core::ptr::write_volatile(owner, task) };
+        compiler_fence(Ordering::SeqCst);
+    }
+
+    /// Whether the slot is still `task`'s; call after reading what it holds.
+    #[inline(always)]
+    pub unsafe fn still(owner: *const u64, task: u64) -> bool {
+        compiler_fence(Ordering::SeqCst);
+        // SAFETY: as in `claim`.
+        unsafe { core::ptr::read_volatile(owner) == task }
+    }
+}
+
 /// What the policy of `session` says about `access` to the object at `dentry`. `removal`
 /// marks checks of an object that is about to lose its name (unlink, rmdir, either side of
 /// a rename): removing the root of a writable scope is refused, since it would remove the
@@ -131,12 +172,18 @@ pub fn check(session: u32, access: u32, mnt: u64, dentry: u64, removal: bool) ->
     let Some(state) = walk(session, access, mnt, dentry, false) else {
         return Checked::deny(RULE_UNRESOLVED);
     };
-    match state.status {
+    let checked = match state.status {
         UNRESOLVED => Checked::deny(RULE_UNRESOLVED),
         status => {
             let (action, rule) = conclude(&state.walk, status == FINISHED, removal);
             Checked { action, rule }
         }
+    };
+    // SAFETY: `state` points into the per-CPU slot.
+    if unsafe { Owned::still(&raw const state.owner, current_task()) } {
+        checked
+    } else {
+        Checked::deny(RULE_UNRESOLVED)
     }
 }
 
@@ -147,10 +194,16 @@ pub fn pattern_trees(session: u32, mnt: u64, dentry: u64) -> Result<u32, u32> {
     let Some(state) = walk(session, ACCESS_MODIFY, mnt, dentry, true) else {
         return Err(RULE_UNRESOLVED);
     };
-    match state.status {
+    let trees = match state.status {
         FINISHED => Ok(state.walk.trees),
         UNRESOLVED => Err(RULE_UNRESOLVED),
         _ => Err(RULE_PATH_TOO_DEEP),
+    };
+    // SAFETY: `state` points into the per-CPU slot.
+    if unsafe { Owned::still(&raw const state.owner, current_task()) } {
+        trees
+    } else {
+        Err(RULE_UNRESOLVED)
     }
 }
 
@@ -160,6 +213,11 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(state) = WALK.get_ptr_mut(0) else {
         return 1;
     };
+    // A walk another task's program took over is not advanced; its owner's check refuses.
+    // SAFETY: a pointer into the per-CPU slot.
+    if !unsafe { Owned::still(&raw const (*state).owner, current_task()) } {
+        return 1;
+    }
     // SAFETY: the per-CPU slot belongs to this program run.
     let state = unsafe { &mut *state };
     match step(state) {

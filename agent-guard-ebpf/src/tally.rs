@@ -9,9 +9,24 @@
 //! checks instead of multiplying.
 use agent_guard_common::{ACTION_ALLOW, ACTION_DENY, RULE_UNRESOLVED};
 
-use crate::{maps::TALLY, scope::Checked};
+use crate::{
+    kernel::current_task,
+    maps::TALLY,
+    scope::{Checked, Owned},
+};
 
-pub struct Tally(*mut Checked);
+/// The map slot: the verdict so far and the task it belongs to (see [`Owned`]: another
+/// task's program that takes the slot mid-hook turns this one's answer into a refusal).
+#[repr(C)]
+pub struct TallySlot {
+    owner: u64,
+    verdict: Checked,
+}
+
+pub struct Tally {
+    slot: *mut TallySlot,
+    task: u64,
+}
 
 impl Tally {
     /// A tally that allows until something stronger is added; `None` only if the map slot
@@ -19,24 +34,27 @@ impl Tally {
     #[inline(always)]
     pub fn start() -> Option<Self> {
         let slot = TALLY.get_ptr_mut(0)?;
-        // SAFETY: the per-CPU slot belongs to this program run.
+        let task = current_task();
+        // SAFETY: the per-CPU slot is this program run's once it is claimed.
         unsafe {
-            *slot = Checked {
+            Owned::claim(&raw mut (*slot).owner, task);
+            (*slot).verdict = Checked {
                 action: ACTION_ALLOW,
                 rule: 0,
-            }
-        };
-        Some(Self(slot))
+            };
+        }
+        Some(Self { slot, task })
     }
 
     /// Keeps the stronger of the tally and `checked` (deny over audit over allow; the
     /// earlier one on a tie).
     #[inline(always)]
     pub fn add(&self, checked: Checked) {
-        // SAFETY: the per-CPU slot belongs to this program run.
+        // SAFETY: a pointer into the per-CPU slot. Written after another task took the
+        // slot, a stronger answer only makes that task's verdict stricter.
         unsafe {
-            if checked.action > (*self.0).action {
-                *self.0 = checked;
+            if checked.action > (*self.slot).verdict.action {
+                (*self.slot).verdict = checked;
             }
         }
     }
@@ -54,17 +72,25 @@ impl Tally {
     #[inline(always)]
     pub fn denied(&self) -> bool {
         // SAFETY: as above.
-        unsafe { (*self.0).action == ACTION_DENY }
+        unsafe { (*self.slot).verdict.action == ACTION_DENY }
     }
 
+    /// The verdict; a refusal if another task's program took the slot meanwhile.
     #[inline(always)]
     pub fn get(&self) -> Checked {
         // SAFETY: as above.
-        unsafe { *self.0 }
+        unsafe {
+            let verdict = (*self.slot).verdict;
+            if Owned::still(&raw const (*self.slot).owner, self.task) {
+                verdict
+            } else {
+                UNTALLIED
+            }
+        }
     }
 }
 
-/// The answer when no tally could be started: fail closed.
+/// The answer when no tally could be started or its slot changed hands: fail closed.
 pub const UNTALLIED: Checked = Checked {
     action: ACTION_DENY,
     rule: RULE_UNRESOLVED,

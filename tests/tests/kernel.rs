@@ -78,6 +78,8 @@ mod lifecycle;
 mod network;
 #[path = "kernel/operations.rs"]
 mod operations;
+#[path = "kernel/preemption.rs"]
+mod preemption;
 #[path = "kernel/protected.rs"]
 mod protected;
 #[path = "kernel/reporting.rs"]

@@ -72,6 +72,8 @@ Through a descriptor FD inherited open for writing (O_RDWR for the mappings):
   memfd                       memfd_create(2), reopen /proc/self/fd/N O_WRONLY, write, ftruncate
   unlink-many PATH COUNT      unlink(2) COUNT times; the result of the first call that
                               answers differently from the first, or the common answer
+  rename-many A B COUNT       rename(2) A to B and back COUNT times; ok, or the first
+                              failure after all COUNT rounds
   uring-unlink PATH           IORING_OP_UNLINKAT
   uring-rename FROM TO        IORING_OP_RENAMEAT
   uring-open-trunc PATH       IORING_OP_OPENAT with O_WRONLY|O_TRUNC
@@ -220,7 +222,7 @@ fn perform(args: &[OsString]) -> Option<Report> {
         | "uring-rename" | "chmod" | "copy-into" | "unlink-many" | "pivot-root"
         | "copy-into-fd" | "sendfile-into-fd" | "uring-link" | "uring-symlink"
         | "uring-exchange" => 2,
-        "chown" | "setxattr" | "uring-setxattr" | "uring-fsetxattr" => 3,
+        "chown" | "setxattr" | "uring-setxattr" | "uring-fsetxattr" | "rename-many" => 3,
         _ => return None,
     };
     if rest.len() != arity {
@@ -298,6 +300,7 @@ fn perform(args: &[OsString]) -> Option<Report> {
         "memfd" => memfd(),
         "read" => read(&a[0]),
         "unlink-many" => unlink_many(&a[0], rest[1].to_str()?.parse().ok()?),
+        "rename-many" => rename_many(&a[0], &a[1], rest[2].to_str()?.parse().ok()?),
         "uring-unlink" => uring_unlink(&a[0]),
         "uring-rename" => uring_rename(&a[0], &a[1]),
         "uring-open-trunc" => uring_open_trunc(&a[0]),
@@ -429,6 +432,17 @@ fn unlink_many(path: &CString, count: u32) -> Result<(), Errno> {
         let next = unlink(path);
         if next != first {
             return next.and(Err(libc::EPROTO));
+        }
+    }
+    first
+}
+
+fn rename_many(a: &CString, b: &CString, count: u32) -> Result<(), Errno> {
+    let mut first = Ok(());
+    for _ in 0..count {
+        let round = rename(a, b, 0).and_then(|()| rename(b, a, 0));
+        if first.is_ok() {
+            first = round;
         }
     }
     first
