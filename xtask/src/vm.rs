@@ -40,7 +40,9 @@ pub fn run(
         .arg(vng())
         .arg("--run")
         .arg(kernel)
-        .args(["--disable-kvm", "--memory", "2G", "--cpus", "2"]);
+        // 4 GiB: the guest's /tmp, where every fixture lives, is an overlay in guest memory
+        // sized at half of it, and the suite's daemons, rsyslogd and floods run beside it.
+        .args(["--disable-kvm", "--memory", "4G", "--cpus", "2"]);
     if let Some(append) = append {
         cmd.args(["--append", append]);
     }
