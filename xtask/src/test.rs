@@ -134,6 +134,19 @@ struct Tier {
     slowest: Vec<Outcome>,
 }
 
+impl Tier {
+    /// A tier with nothing to add beyond its counts.
+    fn plain(name: String, counts: Option<Counts>, seconds: f64) -> Self {
+        Self {
+            name,
+            counts,
+            seconds,
+            note: None,
+            slowest: Vec::new(),
+        }
+    }
+}
+
 pub fn test() -> anyhow::Result<()> {
     let started = Instant::now();
     setup(Verbosity::Report)?;
@@ -158,13 +171,11 @@ pub fn test() -> anyhow::Result<()> {
             },
         ));
     }
-    tiers.push(Tier {
-        name: "host (unit + integration)".into(),
+    tiers.push(Tier::plain(
+        "host (unit + integration)".into(),
         counts,
-        seconds: t.elapsed().as_secs_f64(),
-        note: None,
-        slowest: Vec::new(),
-    });
+        t.elapsed().as_secs_f64(),
+    ));
 
     // Kernel tiers and the refusal tier, side by side. Each VM's test run is one thread of
     // work (one test at a time, the kernel verifying one program at a time), so two VMs on
@@ -182,13 +193,11 @@ pub fn test() -> anyhow::Result<()> {
         .collect();
     let refusal = std::thread::spawn(move || {
         let t = Instant::now();
-        Tier {
-            name: format!("no BPF LSM ({NO_BPF_LSM})"),
-            counts: refusal_tier(&agent_guard),
-            seconds: t.elapsed().as_secs_f64(),
-            note: None,
-            slowest: Vec::new(),
-        }
+        Tier::plain(
+            format!("no BPF LSM ({NO_BPF_LSM})"),
+            refusal_tier(&agent_guard),
+            t.elapsed().as_secs_f64(),
+        )
     });
     for run in kernel_runs {
         tiers.push(
@@ -263,13 +272,7 @@ pub fn test() -> anyhow::Result<()> {
 fn kernel_tier(series: &str, suite: &Path, agent_guard: &Path, guest_time: Duration) -> Tier {
     let t = Instant::now();
     let Some(kernel) = kernel_image(series) else {
-        return Tier {
-            name: format!("kernel {series}: no image in /boot"),
-            counts: None,
-            seconds: 0.0,
-            note: None,
-            slowest: Vec::new(),
-        };
+        return Tier::plain(format!("kernel {series}: no image in /boot"), None, 0.0);
     };
     let name = kernel
         .file_name()
@@ -291,13 +294,7 @@ fn kernel_tier(series: &str, suite: &Path, agent_guard: &Path, guest_time: Durat
         Ok(run) => run,
         Err(e) => {
             eprintln!("{name}: {e:#}");
-            return Tier {
-                name,
-                counts: None,
-                seconds: t.elapsed().as_secs_f64(),
-                note: None,
-                slowest: Vec::new(),
-            };
+            return Tier::plain(name, None, t.elapsed().as_secs_f64());
         }
     };
     let suite_run = parse_suite(&run.timed_lines);
