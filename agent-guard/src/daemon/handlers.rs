@@ -340,6 +340,7 @@ async fn open_session(
         counts: Counts::default(),
         // A `run`'s first process counts as alive until its exec enrolled it.
         pending: (spec.origin == "run").then_some(spec.root_pid),
+        unconfirmed_client: (spec.origin == "run").then_some(peer.pid),
         network: Some(network),
         seen: Default::default(),
     });
@@ -443,6 +444,7 @@ fn started(daemon: &mut Daemon, peer: &Peer, label: &str, pid: u32) -> Response 
         daemon.guard.cancel_enrolment(pid);
         if let Some(session) = daemon.sessions.get_mut(&id) {
             session.pending = None;
+            session.unconfirmed_client = None;
         }
         return Response::error(
             format!("the kernel did not enrol process {pid} at its exec; it was killed before it could act unguarded"),
@@ -451,6 +453,7 @@ fn started(daemon: &mut Daemon, peer: &Peer, label: &str, pid: u32) -> Response 
     }
     if let Some(session) = daemon.sessions.get_mut(&id) {
         session.pending = None;
+        session.unconfirmed_client = None;
     }
     Response::ok()
 }

@@ -59,6 +59,10 @@ pub struct Session {
     pub counts: Counts,
     /// The first process of a `run` until its exec enrolled it.
     pub pending: Option<u32>,
+    /// The `run` client until it has confirmed its command's start. A command quick
+    /// enough to exit before that must not take the session with it: the client would be
+    /// told there is no such session, and kill what it had started.
+    pub unconfirmed_client: Option<u32>,
     /// Hostname refreshes; `None` for a session adopted from a previous daemon, whose
     /// installed tables stay as they were.
     pub network: Option<LiveNetwork>,

@@ -413,7 +413,8 @@ impl Daemon {
     }
 
     /// Live processes of each session, counting a `run` whose first process has not
-    /// exec'd yet as alive while that process lives, the attached processes that have not
+    /// exec'd yet as alive while that process lives, a `run` whose client has not confirmed
+    /// the start as alive while the client lives, the attached processes that have not
     /// reached a hook yet, and an attached cgroup as alive while it exists (a unit's next
     /// process joins it).
     pub fn members(&mut self) -> std::collections::BTreeMap<u32, usize> {
@@ -434,10 +435,20 @@ impl Daemon {
                 if pending && super::peer::alive(pid) {
                     *counts.entry(*id).or_insert(0) += 1;
                 } else if pending {
+                    // Gone before its exec was enrolled: nothing holds the session open,
+                    // so a late confirmation finds no session and the client fails.
                     self.guard.cancel_enrolment(pid);
                     session.pending = None;
+                    session.unconfirmed_client = None;
                 } else {
                     session.pending = None;
+                }
+            }
+            if let Some(client) = session.unconfirmed_client {
+                if super::peer::alive(client) {
+                    *counts.entry(*id).or_insert(0) += 1;
+                } else {
+                    session.unconfirmed_client = None;
                 }
             }
         }
@@ -522,6 +533,7 @@ impl Daemon {
                 record,
                 counts: registry::Counts::default(),
                 pending: None,
+                unconfirmed_client: None,
                 network: None,
                 seen: Default::default(),
             };

@@ -308,6 +308,63 @@ fn the_daemon_refuses_sessions_wherever_its_socket_is() {
 
 #[test]
 #[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn a_command_that_ends_before_its_client_confirms_the_start_keeps_its_session() {
+    use std::io::Write as _;
+    let fx = Fixture::new("daemon-confirm");
+    fx.write("prod/keep", PRECIOUS);
+    let mut daemon = Daemon::new(&fx, "confirm");
+    daemon.start();
+    // This test is the `run` client, speaking the protocol itself so that it can be as
+    // slow to confirm as a client descheduled on a busy host: its child waits, is
+    // enrolled, then execs a refused unlink and exits long before the confirmation.
+    let mut child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("read go; exec {PROBE} unlink {}", fx.s("prod/keep")),
+        ])
+        .current_dir(&fx.ws)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let request = serde_json::json!({
+        "request": "run", "pid": pid, "cwd": fx.ws, "command": ["unlink"], "policy": null,
+    });
+    let reply: serde_json::Value =
+        serde_json::from_str(&daemon.raw(format!("{request}\n").as_bytes())).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    let id = reply["session"].as_str().unwrap().to_owned();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("EPERM "),
+        "enrolled at its exec: {stdout}"
+    );
+    fx.assert_intact("prod/keep");
+    // Several of the daemon's sweeps pass with the session's only process gone.
+    std::thread::sleep(Duration::from_secs(3));
+    let request = serde_json::json!({ "request": "started", "session": id, "pid": pid });
+    let reply: serde_json::Value =
+        serde_json::from_str(&daemon.raw(format!("{request}\n").as_bytes())).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}\n{}", daemon.log());
+    // Confirmed, the session ends as any other, with its refusal on record.
+    wait_until("the session to end", || {
+        daemon.events().iter().any(|e| {
+            e["agent_guard"]["session"]["id"] == id.as_str()
+                && e["agent_guard"]["kind"] == "session-end"
+        })
+    });
+    assert!(daemon.events().iter().any(|e| {
+        e["agent_guard"]["session"]["id"] == id.as_str()
+            && e["event"]["action"] == "unlink"
+            && e["agent_guard"]["decision"] == "deny"
+    }));
+}
+
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
 fn a_bad_policy_reload_keeps_the_old_policies_in_force() {
     let fx = Fixture::new("daemon-reload");
     open_to_nobody(&fx);
