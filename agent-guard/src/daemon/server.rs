@@ -413,10 +413,10 @@ impl Daemon {
     }
 
     /// Live processes of each session, counting a `run` whose first process has not
-    /// exec'd yet as alive while that process lives, a `run` whose client has not confirmed
-    /// the start as alive while the client lives, the attached processes that have not
-    /// reached a hook yet, and an attached cgroup as alive while it exists (a unit's next
-    /// process joins it).
+    /// exec'd yet as alive while that process lives, a `run` whose client has not
+    /// confirmed the start as alive (with at least one member) while the client lives, the
+    /// attached processes that have not reached a hook yet, and an attached cgroup as
+    /// alive while it exists (a unit's next process joins it).
     pub fn members(&mut self) -> std::collections::BTreeMap<u32, usize> {
         let mut counts = self.guard.tasks_by_session();
         for (id, session) in &mut self.sessions {
@@ -446,7 +446,9 @@ impl Daemon {
             }
             if let Some(client) = session.unconfirmed_client {
                 if super::peer::alive(client) {
-                    *counts.entry(*id).or_insert(0) += 1;
+                    // Holds the session open; the client is not one of its processes.
+                    let members = counts.entry(*id).or_insert(0);
+                    *members = (*members).max(1);
                 } else {
                     session.unconfirmed_client = None;
                 }
