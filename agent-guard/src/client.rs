@@ -15,6 +15,8 @@ pub enum ClientError {
     Denied(PathBuf),
     #[error("talking to the daemon on {0}")]
     Io(PathBuf, #[source] std::io::Error),
+    #[error("{path} is served by a process of uid {uid}, not by root: it is not agent-guard's daemon, and nothing it answers can be trusted\n  hint: the daemon runs as root; a socket someone else created in its place is a trap: remove it, and keep the socket under /run/agent-guard, which no session may modify")]
+    NotTheDaemon { path: PathBuf, uid: u32 },
     #[error("the daemon's answer is not understood: {0}")]
     BadReply(String),
     #[error("the daemon refused: {error}{}", hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
@@ -37,6 +39,18 @@ impl Connection {
             std::io::ErrorKind::PermissionDenied => ClientError::Denied(path.to_owned()),
             _ => ClientError::Io(path.to_owned(), e),
         })?;
+        // A socket at a path someone else could write may be anybody's: a fake daemon
+        // would answer "guarded" and let the command run bare. The kernel says who
+        // listens (its credentials when it called listen), before anything is sent.
+        let listener =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map_err(|e| ClientError::Io(path.to_owned(), e.into()))?;
+        if listener.uid() != 0 {
+            return Err(ClientError::NotTheDaemon {
+                path: path.to_owned(),
+                uid: listener.uid(),
+            });
+        }
         let mut line =
             serde_json::to_vec(request).map_err(|e| ClientError::BadReply(e.to_string()))?;
         line.push(b'\n');

@@ -428,3 +428,121 @@ fn self_protection_is_checked_and_explained() {
     assert_eq!(json["attached_at"], "/sys/fs/bpf");
     assert!(json.get("written_at").is_none(), "built in: {json}");
 }
+
+/// A process of another user listening on a unix socket: what a session could leave at a
+/// socket path it may write, hoping to be taken for the daemon.
+struct Stranger {
+    pid: libc::pid_t,
+    uid: u32,
+}
+
+impl Stranger {
+    /// Forks a listener on `path`, as uid 65534 when the tests run as root, as the tests'
+    /// own (unprivileged) user otherwise. It never accepts: `connect` succeeds on the
+    /// backlog, which is all a client needs to be fooled.
+    fn listen(path: &std::path::Path) -> Self {
+        use std::os::unix::ffi::OsStrExt as _;
+        let root = nix::unistd::geteuid().is_root();
+        let uid = if root {
+            65534
+        } else {
+            nix::unistd::geteuid().as_raw()
+        };
+        // Everything the child needs is made before the fork: it only makes system calls.
+        // SAFETY: a zeroed sockaddr_un is a valid empty address.
+        let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_bytes();
+        assert!(bytes.len() < address.sun_path.len(), "socket path too long");
+        for (to, from) in address.sun_path.iter_mut().zip(bytes) {
+            *to = *from as libc::c_char;
+        }
+        let mut ready = [0; 2];
+        // SAFETY: pipe(2) into a two-element array.
+        assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
+        // SAFETY: the child calls only async-signal-safe functions and ends in _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: plain system calls on values made before the fork.
+            unsafe {
+                if root && (libc::setgid(65534) != 0 || libc::setuid(65534) != 0) {
+                    libc::_exit(2);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                if fd < 0
+                    || libc::bind(fd, std::ptr::addr_of!(address).cast(), len) != 0
+                    || libc::listen(fd, 16) != 0
+                {
+                    libc::_exit(3);
+                }
+                libc::write(ready[1], b"r".as_ptr().cast(), 1);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        // SAFETY: our copy of the write end; then a one-byte read from the read end.
+        let mut byte = 0u8;
+        let n = unsafe {
+            libc::close(ready[1]);
+            let n = libc::read(ready[0], std::ptr::addr_of_mut!(byte).cast(), 1);
+            libc::close(ready[0]);
+            n
+        };
+        let stranger = Self { pid, uid };
+        assert_eq!(n, 1, "the stranger could not listen on {}", path.display());
+        stranger
+    }
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// A socket where the daemon's should be, served by anyone but root, is not the daemon: a
+/// fake could answer "guarded" and let the command run bare. `run` refuses without starting
+/// the command, and the control commands refuse to believe it.
+#[test]
+fn a_control_socket_served_by_anyone_but_root_is_not_trusted() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    // The stranger (uid 65534 when the tests run as root) must be able to bind there.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = dir.path().join("agent-guard.sock");
+    let stranger = Stranger::listen(&socket);
+    let marker = dir.path().join("ran");
+    let expected = format!(
+        "is served by a process of uid {}, not by root",
+        stranger.uid
+    );
+    let out = agent_guard()
+        .env("AGENT_GUARD_SOCKET", &socket)
+        .current_dir(dir.path())
+        .args(["run", "--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+    assert!(!marker.exists(), "the command ran: {stderr}");
+    for command in [&["status"][..], &["sessions"]] {
+        let out = agent_guard()
+            .env("AGENT_GUARD_SOCKET", &socket)
+            .args(command)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{command:?}: {stderr}");
+        assert!(stderr.contains(&expected), "{command:?}: {stderr}");
+    }
+}
