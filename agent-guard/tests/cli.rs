@@ -546,3 +546,34 @@ fn a_control_socket_served_by_anyone_but_root_is_not_trusted() {
         assert!(stderr.contains(&expected), "{command:?}: {stderr}");
     }
 }
+
+/// The daemon's record moved where a session might write is refused before anything
+/// loads, with the key's line and the fix.
+#[test]
+fn the_daemon_refuses_to_keep_its_record_where_sessions_could_edit_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "# an audit log in the open\nevents = \"/srv/shared/events.jsonl\"\n",
+    )
+    .unwrap();
+    let out = agent_guard()
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:2:10: `events` is `/srv/shared/events.jsonl`, outside the directories no session may modify",
+            config.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: keep it under /var/log/agent-guard"),
+        "{stderr}"
+    );
+}

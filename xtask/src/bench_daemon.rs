@@ -66,7 +66,7 @@ cat > $D/config.toml <<CONFIG
 socket = "/run/agent-guard/bench.sock"
 pin_dir = "/sys/fs/bpf/ag-bench"
 state_dir = "/run/agent-guard/bench"
-events = "$D/events.jsonl"
+events = "/run/agent-guard/bench/events.jsonl"
 base_policy = "$D/none.toml"
 policy_dir = "$D/policies"
 CONFIG

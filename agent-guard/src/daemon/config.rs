@@ -15,8 +15,10 @@ use crate::{
     paths,
     policy::{Location, Policy, PolicyError},
     report::rotating_file::Rotation,
-    sinks::{parse_sinks, SinkConfig},
+    sinks::{parse_sinks, SinkConfig, SinkKind},
 };
+
+use super::kept_paths;
 
 /// The audit log rotates at 100 MiB by default and keeps ten rotated files: about a GiB,
 /// some millions of events.
@@ -29,13 +31,13 @@ const DEFAULT_EVENTS_KEEP: u32 = 10;
 struct RawConfig {
     socket: Option<PathBuf>,
     group: Option<String>,
-    pin_dir: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-    events: Option<PathBuf>,
+    pin_dir: Option<toml::Spanned<PathBuf>>,
+    state_dir: Option<toml::Spanned<PathBuf>>,
+    events: Option<toml::Spanned<PathBuf>>,
     events_max_bytes: Option<u64>,
     events_keep: Option<u32>,
-    journal: Option<PathBuf>,
-    spool_dir: Option<PathBuf>,
+    journal: Option<toml::Spanned<PathBuf>>,
+    spool_dir: Option<toml::Spanned<PathBuf>>,
     metrics: Option<toml::Spanned<String>>,
     base_policy: Option<PathBuf>,
     policy_dir: Option<PathBuf>,
@@ -73,6 +75,13 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
 }
 
+/// Whether [`Config`] insists on [`kept_paths`]: the daemon does, readers of its log do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    Required,
+    Unchecked,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {0}")]
@@ -86,17 +95,39 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `file`; a missing file gives the defaults.
+    /// Reads `file` for the daemon to serve with: as [`Config::load`], and the record and
+    /// the pins must lie where no session may modify them (see [`kept_paths`]).
+    pub fn load_for_daemon(file: &Path) -> Result<Self, ConfigError> {
+        let text = Self::read(file)?;
+        Self::parse_with(file, &text, Kept::Required)
+    }
+
+    /// Reads `file` to find what the daemon uses (its log, say); a missing file gives the
+    /// defaults.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = Self::read(file)?;
+        Self::parse(file, &text)
+    }
+
+    fn read(file: &Path) -> Result<String, ConfigError> {
         let text = match std::fs::read_to_string(file) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(ConfigError::Read(file.to_owned(), e)),
         };
-        Self::parse(file, &text)
+        Ok(text)
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with(file, text, Kept::Unchecked)
+    }
+
+    pub fn parse_for_daemon(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with(file, text, Kept::Required)
+    }
+
+    fn parse_with(file: &Path, text: &str, kept_paths: Kept) -> Result<Self, ConfigError> {
+        let checked = kept_paths == Kept::Required;
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             location: Location::at(
                 &file.display().to_string(),
@@ -136,19 +167,80 @@ impl Config {
             Some(p) => p,
             None => PathBuf::from(default),
         };
+        let located = |offset: usize, message: String, hint: String| ConfigError::Invalid {
+            location: Location::at(&file.display().to_string(), text, offset),
+            message,
+            hint,
+        };
+        // A path of the record or of the pins, kept where no session may modify it.
+        let kept = |key: &str, value: Option<toml::Spanned<PathBuf>>, default: &str| {
+            let pins = key == "pin_dir";
+            let (dirs, why) = if pins {
+                (kept_paths::PIN_DIRS, "unpin the programs that guard it")
+            } else {
+                (
+                    kept_paths::RECORD_DIRS,
+                    "edit or erase the record of what it did",
+                )
+            };
+            let offset = value.as_ref().map_or(0, |v| v.span().start);
+            let path = at(value.map(toml::Spanned::into_inner), default);
+            if !checked || kept_paths::inside(&path, dirs) {
+                return Ok(path);
+            }
+            Err(located(
+                offset,
+                format!(
+                    "`{key}` is `{}`, outside the directories no session may modify ({}): a session whose policy lets it write there could {why}",
+                    path.display(),
+                    dirs.join(", ")
+                ),
+                format!("keep it under {}, without `..`; the default is {default}", dirs.join(" or ")),
+            ))
+        };
+        for (index, sink) in sinks.iter().enumerate() {
+            if let SinkKind::File { path, .. } = &sink.kind {
+                if checked && !kept_paths::inside(path, kept_paths::RECORD_DIRS) {
+                    return Err(located(
+                        raw.sink[index].span().start,
+                        format!(
+                            "[[sink]] #{} ({:?}): `path` is `{}`, outside the directories no session may modify ({}): a session whose policy lets it write there could edit or erase the record of what it did",
+                            index + 1,
+                            sink.name,
+                            path.display(),
+                            kept_paths::RECORD_DIRS.join(", ")
+                        ),
+                        format!(
+                            "keep it under {}, like `path = \"{}/{}.jsonl\"`",
+                            kept_paths::RECORD_DIRS.join(" or "),
+                            paths::LOG_DIR,
+                            sink.name
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(Self {
             file: file.to_owned(),
             socket: at(raw.socket, paths::SOCKET),
             group: raw.group.unwrap_or_else(|| paths::GROUP.into()),
-            pin_dir: at(raw.pin_dir, paths::PIN_DIR),
-            state_dir: at(raw.state_dir, paths::RUN_DIR),
-            events: at(raw.events, &format!("{}/events.jsonl", paths::LOG_DIR)),
+            pin_dir: kept("pin_dir", raw.pin_dir, paths::PIN_DIR)?,
+            state_dir: kept("state_dir", raw.state_dir, paths::RUN_DIR)?,
+            events: kept(
+                "events",
+                raw.events,
+                &format!("{}/events.jsonl", paths::LOG_DIR),
+            )?,
             events_rotation: Rotation {
                 max_bytes: raw.events_max_bytes.unwrap_or(DEFAULT_EVENTS_MAX_BYTES),
                 keep: raw.events_keep.unwrap_or(DEFAULT_EVENTS_KEEP),
             },
-            journal: at(raw.journal, crate::audit::journal::DEFAULT_STATE_FILE),
-            spool_dir: at(raw.spool_dir, paths::SPOOL_DIR),
+            journal: kept(
+                "journal",
+                raw.journal,
+                crate::audit::journal::DEFAULT_STATE_FILE,
+            )?,
+            spool_dir: kept("spool_dir", raw.spool_dir, paths::SPOOL_DIR)?,
             metrics,
             base_policy: at(raw.base_policy, &format!("{}/base.toml", paths::CONFIG_DIR)),
             policy_dir: at(raw.policy_dir, &format!("{}/policies", paths::CONFIG_DIR)),
@@ -249,7 +341,7 @@ mod tests {
 
     #[test]
     fn sinks_are_read_and_their_errors_located() {
-        let text = "events = \"/x.jsonl\"\n\n[[sink]]\ntype = \"stdout\"\n\n[[sink]]\ntype = \"webhook\"\nname = \"siem\"\nurl = \"https://127.0.0.1/\"\n";
+        let text = "events = \"/var/log/agent-guard/x.jsonl\"\n\n[[sink]]\ntype = \"stdout\"\n\n[[sink]]\ntype = \"webhook\"\nname = \"siem\"\nurl = \"https://127.0.0.1/\"\n";
         let err = Config::parse(Path::new("/c.toml"), text)
             .unwrap_err()
             .to_string();
@@ -262,6 +354,52 @@ mod tests {
         let config = Config::parse(Path::new("/c.toml"), &text).unwrap();
         let names: Vec<_> = config.sinks.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["stdout", "siem"]);
+    }
+
+    #[test]
+    fn the_record_and_the_pins_stay_where_sessions_cannot_reach() {
+        let fine = "events = \"/var/log/agent-guard/ci/events.jsonl\"\njournal = \"/var/lib/agent-guard/j\"\nspool_dir = \"/var/lib/agent-guard/s\"\nstate_dir = \"/run/agent-guard/t\"\npin_dir = \"/sys/fs/bpf/ag\"\n\n[[sink]]\ntype = \"file\"\nname = \"copy\"\npath = \"/var/log/agent-guard/copy.jsonl\"\n";
+        Config::parse_for_daemon(Path::new("/c.toml"), fine).unwrap();
+        for (key, bad, line) in [
+            ("events", "/srv/audit/events.jsonl", 1),
+            ("events", "/var/log/agent-guard/../events.jsonl", 1),
+            ("journal", "/tmp/journal", 2),
+            ("spool_dir", "spool", 3),
+            ("state_dir", "/home/agent/state", 4),
+            ("pin_dir", "/run/agent-guard/pins", 5),
+        ] {
+            let text = fine
+                .lines()
+                .map(|l| {
+                    if l.starts_with(&format!("{key} =")) {
+                        format!("{key} = \"{bad}\"")
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let err = Config::parse_for_daemon(Path::new("/c.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&format!("/c.toml:{line}:")), "{key}: {err}");
+            assert!(err.contains(&format!("`{key}` is `")), "{key}: {err}");
+            assert!(err.contains("no session may modify"), "{key}: {err}");
+            assert!(err.contains("hint: keep it under"), "{key}: {err}");
+        }
+        let text = fine.replace("/var/log/agent-guard/copy.jsonl", "/data/siem/copy.jsonl");
+        let err = Config::parse_for_daemon(Path::new("/c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "/c.toml:7:1: [[sink]] #1 (\"copy\"): `path` is `/data/siem/copy.jsonl`"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("/var/log/agent-guard/copy.jsonl"), "{err}");
+        // Readers of the log take the file as it is.
+        Config::parse(Path::new("/c.toml"), &text).unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! and the pinned maps keep every session's policy and membership.
 pub mod config;
 mod handlers;
+mod kept_paths;
 pub mod peer;
 pub mod protocol;
 mod registry;
@@ -149,7 +150,7 @@ fn unavailable(context: &str, e: &dyn std::error::Error) -> StartError {
 }
 
 fn start(config_file: &Path, started: Instant) -> Result<(Daemon, RingBuf<MapData>), StartError> {
-    let config = Config::load(config_file)?;
+    let config = Config::load_for_daemon(config_file)?;
     let policies = PolicySet::load(&config).map_err(StartError::Policies)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(StartError::NotRoot);

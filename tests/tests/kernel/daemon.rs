@@ -365,6 +365,64 @@ fn a_command_that_ends_before_its_client_confirms_the_start_keeps_its_session() 
 
 #[test]
 #[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
+fn a_session_that_may_write_everything_cannot_touch_the_daemons_record() {
+    let fx = Fixture::new("daemon-record");
+    let mut daemon = Daemon::new(&fx, "record");
+    daemon.start();
+    let everything = fx.write(
+        "everything.toml",
+        "version = 1\n[filesystem]\nwritable = [\"/\"]\nwritable_devices = [\"/dev/null\"]\n",
+    );
+    let events = daemon.events.display().to_string();
+    let journal = daemon.state.join("journal").display().to_string();
+    let sessions = daemon.state.join("sessions").display().to_string();
+    // On the log's own file system (/run), where the policy lets the session write.
+    let elsewhere = format!("/run/ag-taken-{}", std::process::id());
+    // As root, so that file permissions do not answer before the guard does.
+    let script = format!(
+        "{PROBE} open-write {events} forged; {PROBE} truncate {events}; {PROBE} rename {events} {elsewhere}; {PROBE} unlink {events}; {PROBE} unlink {journal}; for record in {sessions}/*.json; do {PROBE} unlink $record; {PROBE} open-write $record forged; done; {PROBE} create {sessions}/forged.json"
+    );
+    let out = daemon.client(&[
+        "run",
+        "--policy",
+        &everything.display().to_string(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 8, "one line per attempt: {stdout}\n{stderr}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("EPERM ")),
+        "every attempt refused: {stdout}"
+    );
+    let taken = fs::exists(&elsewhere).unwrap();
+    let _ = fs::remove_file(&elsewhere);
+    assert!(!taken, "the log was moved away");
+    // The log is whole: its chain verifies, and it holds each refusal, by self-protection.
+    let verify = daemon.client(&["audit", "verify", &events]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    wait_until("the refusals in the log", || {
+        daemon
+            .events()
+            .iter()
+            .filter(|e| {
+                e["agent_guard"]["decision"] == "deny" && e["rule"]["name"] == "self-protection"
+            })
+            .count()
+            >= 8
+    });
+}
+
+#[test]
+#[ignore = "kernel tier: needs BPF LSM, run by `cargo xtask test` inside VMs"]
 fn a_bad_policy_reload_keeps_the_old_policies_in_force() {
     let fx = Fixture::new("daemon-reload");
     open_to_nobody(&fx);

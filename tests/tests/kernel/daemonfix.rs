@@ -69,7 +69,8 @@ impl Daemon {
         let socket = PathBuf::from(format!("/run/agent-guard/t-{name}.sock"));
         let pins = PathBuf::from(format!("/sys/fs/bpf/ag-t-{name}"));
         let state = PathBuf::from(format!("/run/agent-guard/t-{name}"));
-        let events = fx.path("daemon-events.jsonl");
+        // The record must lie where no session may modify it (the daemon insists).
+        let events = state.join("events.jsonl");
         let base = etc.join("base.toml");
         let config = etc.join("config.toml");
         // Leftovers of an earlier, interrupted run of the same test.

@@ -224,8 +224,8 @@ fn a_flood_through_the_daemon_is_enforced_counted_exactly_and_held_in_bounded_me
     open_to_nobody(&fx);
     fx.write("prod/keep", PRECIOUS);
     let hung = Blackhole::start();
-    let copy = fx.path("copy.jsonl");
     let mut daemon = Daemon::new(&fx, "flood");
+    let copy = daemon.state.join("copy.jsonl");
     daemon.configure(&format!(
         r#"
 [[sink]]
