@@ -18,7 +18,7 @@ use crate::{
     sinks::{parse_sinks, SinkConfig, SinkKind},
 };
 
-use super::kept_paths;
+use super::kept_paths::{self, Kept};
 
 /// The audit log rotates at 100 MiB by default and keeps ten rotated files: about a GiB,
 /// some millions of events.
@@ -75,11 +75,12 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
 }
 
-/// Whether [`Config`] insists on [`kept_paths`]: the daemon does, readers of its log do not.
+/// Who reads config.toml. The daemon insists on [`kept_paths`]; readers of its log take the
+/// paths as they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kept {
-    Required,
-    Unchecked,
+enum Reader {
+    Daemon,
+    Other,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +100,7 @@ impl Config {
     /// the pins must lie where no session may modify them (see [`kept_paths`]).
     pub fn load_for_daemon(file: &Path) -> Result<Self, ConfigError> {
         let text = Self::read(file)?;
-        Self::parse_with(file, &text, Kept::Required)
+        Self::parse_with(file, &text, Reader::Daemon)
     }
 
     /// Reads `file` to find what the daemon uses (its log, say); a missing file gives the
@@ -119,15 +120,14 @@ impl Config {
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        Self::parse_with(file, text, Kept::Unchecked)
+        Self::parse_with(file, text, Reader::Other)
     }
 
     pub fn parse_for_daemon(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        Self::parse_with(file, text, Kept::Required)
+        Self::parse_with(file, text, Reader::Daemon)
     }
 
-    fn parse_with(file: &Path, text: &str, kept_paths: Kept) -> Result<Self, ConfigError> {
-        let checked = kept_paths == Kept::Required;
+    fn parse_with(file: &Path, text: &str, reader: Reader) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             location: Location::at(
                 &file.display().to_string(),
@@ -147,18 +147,19 @@ impl Config {
             message: e.to_string(),
             hint: e.hint,
         })?;
+        let located = |offset: usize, message: String, hint: String| ConfigError::Invalid {
+            location: Location::at(&file.display().to_string(), text, offset),
+            message,
+            hint,
+        };
         let metrics = match &raw.metrics {
             None => None,
             Some(addr) => Some(addr.get_ref().parse::<SocketAddr>().map_err(|_| {
-                ConfigError::Invalid {
-                    location: Location::at(
-                        &file.display().to_string(),
-                        text,
-                        addr.span().start,
-                    ),
-                    message: format!("`metrics = {:?}` is not an address and port", addr.get_ref()),
-                    hint: "write an IP address and a port, like `metrics = \"127.0.0.1:9464\"`; leave the key out for no metrics listener".into(),
-                }
+                located(
+                    addr.span().start,
+                    format!("`metrics = {:?}` is not an address and port", addr.get_ref()),
+                    "write an IP address and a port, like `metrics = \"127.0.0.1:9464\"`; leave the key out for no metrics listener".into(),
+                )
             })?),
         };
         let dir = file.parent().unwrap_or(Path::new("/"));
@@ -167,69 +168,41 @@ impl Config {
             Some(p) => p,
             None => PathBuf::from(default),
         };
-        let located = |offset: usize, message: String, hint: String| ConfigError::Invalid {
-            location: Location::at(&file.display().to_string(), text, offset),
-            message,
-            hint,
-        };
         // A path of the record or of the pins, kept where no session may modify it.
-        let kept = |key: &str, value: Option<toml::Spanned<PathBuf>>, default: &str| {
-            let pins = key == "pin_dir";
-            let (dirs, why) = if pins {
-                (kept_paths::PIN_DIRS, "unpin the programs that guard it")
-            } else {
-                (
-                    kept_paths::RECORD_DIRS,
-                    "edit or erase the record of what it did",
-                )
-            };
+        let kept = |key: &str, value: Option<toml::Spanned<PathBuf>>, default: &str, kept| {
             let offset = value.as_ref().map_or(0, |v| v.span().start);
             let path = at(value.map(toml::Spanned::into_inner), default);
-            if !checked || kept_paths::inside(&path, dirs) {
-                return Ok(path);
+            match kept_paths::misplaced(&format!("`{key}`"), &path, kept, default) {
+                Some((message, hint)) if reader == Reader::Daemon => {
+                    Err(located(offset, message, hint))
+                }
+                _ => Ok(path),
             }
-            Err(located(
-                offset,
-                format!(
-                    "`{key}` is `{}`, outside the directories no session may modify ({}): a session whose policy lets it write there could {why}",
-                    path.display(),
-                    dirs.join(", ")
-                ),
-                format!("keep it under {}, without `..`; the default is {default}", dirs.join(" or ")),
-            ))
         };
         for (index, sink) in sinks.iter().enumerate() {
-            if let SinkKind::File { path, .. } = &sink.kind {
-                if checked && !kept_paths::inside(path, kept_paths::RECORD_DIRS) {
-                    return Err(located(
-                        raw.sink[index].span().start,
-                        format!(
-                            "[[sink]] #{} ({:?}): `path` is `{}`, outside the directories no session may modify ({}): a session whose policy lets it write there could edit or erase the record of what it did",
-                            index + 1,
-                            sink.name,
-                            path.display(),
-                            kept_paths::RECORD_DIRS.join(", ")
-                        ),
-                        format!(
-                            "keep it under {}, like `path = \"{}/{}.jsonl\"`",
-                            kept_paths::RECORD_DIRS.join(" or "),
-                            paths::LOG_DIR,
-                            sink.name
-                        ),
-                    ));
+            let SinkKind::File { path, .. } = &sink.kind else {
+                continue;
+            };
+            let what = format!("[[sink]] #{} ({:?}): `path`", index + 1, sink.name);
+            let example = format!("{}/{}.jsonl", paths::LOG_DIR, sink.name);
+            match kept_paths::misplaced(&what, path, Kept::Record, &example) {
+                Some((message, hint)) if reader == Reader::Daemon => {
+                    return Err(located(raw.sink[index].span().start, message, hint));
                 }
+                _ => {}
             }
         }
         Ok(Self {
             file: file.to_owned(),
             socket: at(raw.socket, paths::SOCKET),
             group: raw.group.unwrap_or_else(|| paths::GROUP.into()),
-            pin_dir: kept("pin_dir", raw.pin_dir, paths::PIN_DIR)?,
-            state_dir: kept("state_dir", raw.state_dir, paths::RUN_DIR)?,
+            pin_dir: kept("pin_dir", raw.pin_dir, paths::PIN_DIR, Kept::Pins)?,
+            state_dir: kept("state_dir", raw.state_dir, paths::RUN_DIR, Kept::Record)?,
             events: kept(
                 "events",
                 raw.events,
                 &format!("{}/events.jsonl", paths::LOG_DIR),
+                Kept::Record,
             )?,
             events_rotation: Rotation {
                 max_bytes: raw.events_max_bytes.unwrap_or(DEFAULT_EVENTS_MAX_BYTES),
@@ -239,8 +212,9 @@ impl Config {
                 "journal",
                 raw.journal,
                 crate::audit::journal::DEFAULT_STATE_FILE,
+                Kept::Record,
             )?,
-            spool_dir: kept("spool_dir", raw.spool_dir, paths::SPOOL_DIR)?,
+            spool_dir: kept("spool_dir", raw.spool_dir, paths::SPOOL_DIR, Kept::Record)?,
             metrics,
             base_policy: at(raw.base_policy, &format!("{}/base.toml", paths::CONFIG_DIR)),
             policy_dir: at(raw.policy_dir, &format!("{}/policies", paths::CONFIG_DIR)),

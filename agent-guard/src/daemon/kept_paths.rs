@@ -16,6 +16,49 @@ pub const RECORD_DIRS: &[&str] = &[paths::LOG_DIR, paths::STATE_DIR, paths::RUN_
 /// Directories for pins: unpinning a link detaches a program.
 pub const PIN_DIRS: &[&str] = &["/sys/fs/bpf"];
 
+/// What a kept path holds, which says where it may lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    Record,
+    Pins,
+}
+
+impl Kept {
+    fn dirs(self) -> &'static [&'static str] {
+        match self {
+            Self::Record => RECORD_DIRS,
+            Self::Pins => PIN_DIRS,
+        }
+    }
+
+    fn harm(self) -> &'static str {
+        match self {
+            Self::Record => "edit or erase the record of what it did",
+            Self::Pins => "unpin the programs that guard it",
+        }
+    }
+}
+
+/// When `path` lies outside the directories for `kept`: what is wrong and how to fix it.
+/// `what` names the setting, `example` is a good value for it.
+pub fn misplaced(what: &str, path: &Path, kept: Kept, example: &str) -> Option<(String, String)> {
+    if inside(path, kept.dirs()) {
+        return None;
+    }
+    Some((
+        format!(
+            "{what} is `{}`, outside the directories no session may modify ({}): a session whose policy lets it write there could {}",
+            path.display(),
+            kept.dirs().join(", "),
+            kept.harm()
+        ),
+        format!(
+            "keep it under {}, without `..`, like `{example}`",
+            kept.dirs().join(" or ")
+        ),
+    ))
+}
+
 /// Whether `path`, as written, lies at or below one of `dirs`. A `..` anywhere is refused:
 /// it could lead back out.
 pub fn inside(path: &Path, dirs: &[&str]) -> bool {
