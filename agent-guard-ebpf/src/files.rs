@@ -368,6 +368,7 @@ fn check_writable(session: u32, mnt: u64, dentry: u64) -> Checked {
             rule: RULE_UNRESOLVED,
         };
     };
+    let regular = mode & S_IFMT == S_IFREG;
     match mode & S_IFMT {
         S_IFREG => {
             if nlink == 0 || is_pidfd(dentry).unwrap_or(false) {
@@ -381,16 +382,8 @@ fn check_writable(session: u32, mnt: u64, dentry: u64) -> Checked {
                     return ALLOWED;
                 }
             }
-            let checked = check(session, ACCESS_MODIFY, mnt, dentry, false);
-            if checked.action == ACTION_ALLOW && nlink > 1 {
-                return Checked {
-                    action: ACTION_DENY,
-                    rule: RULE_MULTI_LINK,
-                };
-            }
-            checked
         }
-        S_IFBLK => check(session, ACCESS_MODIFY, mnt, dentry, false),
+        S_IFBLK => {}
         S_IFCHR => {
             let any_minor = (rdev & !ANY_MINOR) | ANY_MINOR;
             if DEVICES.get_ptr(&[session, rdev]).is_some()
@@ -398,10 +391,19 @@ fn check_writable(session: u32, mnt: u64, dentry: u64) -> Checked {
             {
                 return ALLOWED;
             }
-            check(session, ACCESS_MODIFY, mnt, dentry, false)
         }
-        _ => ALLOWED,
+        _ => return ALLOWED,
     }
+    // One walk for every kind: inlined once, the verifier checks its callback once per
+    // hook instead of once per kind.
+    let checked = check(session, ACCESS_MODIFY, mnt, dentry, false);
+    if regular && checked.action == ACTION_ALLOW && nlink > 1 {
+        return Checked {
+            action: ACTION_DENY,
+            rule: RULE_MULTI_LINK,
+        };
+    }
+    checked
 }
 
 /// `file_open(struct file *file)`: opening an existing file for writing outside the scopes.
