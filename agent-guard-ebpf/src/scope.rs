@@ -101,16 +101,22 @@ pub struct NameBuf {
 }
 
 /// Walks from `dentry` (seen through `mnt`; 0 when the hook gives no mount, which ends the
-/// walk at the root of the dentry's filesystem) towards `/`, and returns the state.
+/// walk at the root of the dentry's filesystem) towards `/`, and returns what `read` takes
+/// from the final state. The answer is `refused` when the map slot is missing or another
+/// task's program took the slot meanwhile (see [`Owned`]): checked after `read`, so that
+/// nothing read from a foreign walk is ever answered.
 #[inline(always)]
-fn walk(
+fn walk<R>(
     session: u32,
     access: u32,
-    mnt: u64,
-    dentry: u64,
+    (mnt, dentry): (u64, u64),
     full: bool,
-) -> Option<&'static WalkState> {
-    let state = WALK.get_ptr_mut(0)?;
+    refused: R,
+    read: impl FnOnce(&WalkState) -> R,
+) -> R {
+    let Some(state) = WALK.get_ptr_mut(0) else {
+        return refused;
+    };
     let config = session_config(session);
     let task = current_task();
     // SAFETY: the per-CPU slot is this program run's once it is claimed.
@@ -133,7 +139,12 @@ fn walk(
             core::ptr::null_mut(),
             0,
         );
-        Some(&*state)
+        let answer = read(&*state);
+        if Owned::still(&raw const (*state).owner, task) {
+            answer
+        } else {
+            refused
+        }
     }
 }
 
@@ -169,42 +180,40 @@ impl Owned {
 /// scope. Anything the walk cannot establish is denied: fail closed.
 #[inline(always)]
 pub fn check(session: u32, access: u32, mnt: u64, dentry: u64, removal: bool) -> Checked {
-    let Some(state) = walk(session, access, mnt, dentry, false) else {
-        return Checked::deny(RULE_UNRESOLVED);
-    };
-    let checked = match state.status {
-        UNRESOLVED => Checked::deny(RULE_UNRESOLVED),
-        status => {
-            let (action, rule) = conclude(&state.walk, status == FINISHED, removal);
-            Checked { action, rule }
-        }
-    };
-    // SAFETY: `state` points into the per-CPU slot.
-    if unsafe { Owned::still(&raw const state.owner, current_task()) } {
-        checked
-    } else {
-        Checked::deny(RULE_UNRESOLVED)
-    }
+    let refused = Checked::deny(RULE_UNRESOLVED);
+    walk(
+        session,
+        access,
+        (mnt, dentry),
+        false,
+        refused,
+        |state| match state.status {
+            UNRESOLVED => refused,
+            status => {
+                let (action, rule) = conclude(&state.walk, status == FINISHED, removal);
+                Checked { action, rule }
+            }
+        },
+    )
 }
 
 /// The name-pattern trees that hold the object at `dentry` (bit `i` for pattern `i`), or
 /// `Err(rule)` when its location cannot be established.
 #[inline(always)]
 pub fn pattern_trees(session: u32, mnt: u64, dentry: u64) -> Result<u32, u32> {
-    let Some(state) = walk(session, ACCESS_MODIFY, mnt, dentry, true) else {
-        return Err(RULE_UNRESOLVED);
-    };
-    let trees = match state.status {
-        FINISHED => Ok(state.walk.trees),
-        UNRESOLVED => Err(RULE_UNRESOLVED),
-        _ => Err(RULE_PATH_TOO_DEEP),
-    };
-    // SAFETY: `state` points into the per-CPU slot.
-    if unsafe { Owned::still(&raw const state.owner, current_task()) } {
-        trees
-    } else {
-        Err(RULE_UNRESOLVED)
-    }
+    let refused = Err(RULE_UNRESOLVED);
+    walk(
+        session,
+        ACCESS_MODIFY,
+        (mnt, dentry),
+        true,
+        refused,
+        |state| match state.status {
+            FINISHED => Ok(state.walk.trees),
+            UNRESOLVED => refused,
+            _ => Err(RULE_PATH_TOO_DEEP),
+        },
+    )
 }
 
 /// One level of the walk. Returns 1 to stop the loop.
